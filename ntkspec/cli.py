@@ -1,0 +1,181 @@
+"""Command line: `ntkspec sweep`, `ntkspec spectrum`, `ntkspec analyze`, `ntkspec plot`.
+
+A thin Typer layer: each command parses its options, turns --seed into a key at the boundary and calls
+one library function (`ntkspec.sweep.run_sweep`, `ntkspec.sweep.init_spectrum`,
+`ntkspec.analysis.analyze_store`, `ntkspec.plots.plot_store`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(
+    name="ntkspec",
+    help="Spectra of the empirical neural tangent kernel of real networks, during training.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise typer.BadParameter(f"expected integers separated by commas, got {text!r}", param_hint=option)
+
+
+@contextlib.contextmanager
+def _user_errors(console: Console) -> Iterator[None]:
+    """Bad input (a `ValueError` naming the argument) -> its message and exit status 2, no traceback."""
+    try:
+        yield
+    except ValueError as error:
+        console.print(f"[red]Error:[/red] {error}", highlight=False)
+        raise typer.Exit(2) from error
+
+
+def _default_figures(store: Path) -> Path:
+    return store.with_name(store.name.removesuffix(".zarr") + "-figures")
+
+
+@app.command()
+def sweep(
+    config: Annotated[
+        str | None,
+        typer.Argument(help="TOML config file, or a built-in config name. Default: quickstart."),
+    ] = None,
+    widths: Annotated[str | None, typer.Option(help="Override widths, e.g. 16,64,256.")] = None,
+    seeds: Annotated[int | None, typer.Option(help="Override the number of seeds.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Override the number of epochs.")] = None,
+    depth: Annotated[int | None, typer.Option(help="Override the number of Dense layers.")] = None,
+    store: Annotated[Path | None, typer.Option(help="Store path (default runs/NAME.zarr).")] = None,
+    task: Annotated[str, typer.Option(help="Run only runs i mod n of the sweep, as 'i/n'.")] = "0/1",
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding the datasets.")] = None,
+    analyze: Annotated[
+        bool, typer.Option(help="Analyse and plot the store once the whole sweep is complete.")
+    ] = True,
+    figures: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+) -> None:
+    """Train every run of a sweep and record NTK spectra in a Zarr store; resumes where it stopped."""
+    from ntkspec.sweep import load_config, run_sweep
+
+    console = Console()
+    with _user_errors(console):
+        cfg = load_config(
+            config,
+            widths=_ints(widths, "--widths"),
+            seeds=seeds,
+            epochs=epochs,
+            depth=depth,
+            store=None if store is None else str(store),
+            data_dir=None if data_dir is None else str(data_dir),
+        )
+        summary = run_sweep(cfg, task=task, progress=progress, console=console)
+    console.print(
+        f"[bold]{cfg.name}[/bold]: {len(summary.done)} run(s) trained, {len(summary.skipped)} "
+        f"already finished, {len(summary.diverged)} diverged, in {summary.seconds:.1f} s."
+    )
+    for name in summary.diverged:
+        console.print(f"  diverged: {name} (see the run's `message` attribute in the store)")
+    console.print(f"Store: {summary.store.resolve()}")
+    if not summary.complete:
+        console.print("Other runs of this sweep are not finished yet (other --task values?).")
+        return
+    if analyze:
+        _analyze(summary.store, console)
+        _plot(summary.store, figures or _default_figures(summary.store), console)
+
+
+def _analyze(store: Path, console: Console) -> None:
+    from ntkspec.analysis import analyze_store
+
+    console.print(analyze_store(store))
+
+
+def _plot(store: Path, out_dir: Path, console: Console) -> None:
+    from ntkspec.plots import plot_store
+
+    paths = plot_store(store, out_dir)
+    console.print(f"Figures ({len(paths)}) in {Path(out_dir).resolve()}:")
+    for path in paths:
+        console.print(f"  {path}")
+
+
+@app.command()
+def spectrum(
+    width: Annotated[int, typer.Option(help="Hidden-layer width.")] = 256,
+    depth: Annotated[int, typer.Option(help="Number of Dense layers.")] = 3,
+    n_ntk: Annotated[int, typer.Option(help="Samples in the NTK batch.")] = 128,
+    dataset: Annotated[str, typer.Option(help="digits, mnist, fashion_mnist or cifar10.")] = "digits",
+    model: Annotated[str, typer.Option(help="mlp or cnn.")] = "mlp",
+    method: Annotated[str, typer.Option(help="auto, exact or stochastic.")] = "auto",
+    seed: Annotated[int, typer.Option(help="Seed of the data draw, init and probes.")] = 0,
+    top_k: Annotated[int, typer.Option(help="Top eigenvalues to show.")] = 5,
+    data_dir: Annotated[Path | None, typer.Option(help="Folder holding the datasets.")] = None,
+) -> None:
+    """Spectrum of the NTK of one freshly initialised model on a held-out batch."""
+    from ntkspec.sweep import init_spectrum
+
+    with _user_errors(Console()):
+        raw, cosine = init_spectrum(
+            width=width, depth=depth, n_ntk=n_ntk, dataset=dataset, model=model, method=method,
+            seed=seed, top_k=top_k, data_dir=None if data_dir is None else str(data_dir),
+        )  # fmt: skip
+    table = Table(title=f"NTK of a {depth}-layer {model} of width {width} on {n_ntk} {dataset} samples")
+    table.add_column("quantity")
+    table.add_column("NTK", justify="right")
+    table.add_column("cosine NTK", justify="right")
+
+    def pm(value: float, stderr: float) -> str:
+        return f"{value:.6g}" + (f" ± {stderr:.2g}" if stderr else "")
+
+    def top(values: np.ndarray) -> str:
+        return ", ".join(f"{v:.4g}" for v in values[:top_k])
+
+    table.add_row("kernel size", str(raw.size), str(cosine.size))
+    table.add_row("trace", pm(raw.trace, raw.trace_stderr), pm(cosine.trace, cosine.trace_stderr))
+    table.add_row("mean diagonal", f"{raw.mean_diagonal:.6g}", f"{cosine.mean_diagonal:.6g}")
+    table.add_row(
+        "entropy", pm(raw.entropy, raw.entropy_stderr), pm(cosine.entropy, cosine.entropy_stderr)
+    )
+    table.add_row(
+        "effective rank",
+        pm(raw.effective_rank, raw.effective_rank_stderr),
+        pm(cosine.effective_rank, cosine.effective_rank_stderr),
+    )
+    table.add_row("top eigenvalues", top(raw.eigenvalues), top(cosine.eigenvalues))
+    table.add_row("method", raw.method, cosine.method)
+    table.add_row("seconds", f"{raw.seconds:.3f}", f"{cosine.seconds:.3f}")
+    Console().print(table)
+
+
+@app.command()
+def analyze(
+    store: Annotated[
+        Path, typer.Argument(help="Sweep store (a .zarr folder).", exists=True, file_okay=False)
+    ],
+) -> None:
+    """Derived quantities and power-law fits of a sweep store."""
+    _analyze(store, Console())
+
+
+@app.command()
+def plot(
+    store: Annotated[
+        Path, typer.Argument(help="Sweep store (a .zarr folder).", exists=True, file_okay=False)
+    ],
+    out_dir: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
+) -> None:
+    """Figures of a sweep store."""
+    _plot(store, out_dir or _default_figures(store), Console())

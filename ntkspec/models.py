@@ -1,0 +1,130 @@
+"""Models of the study, as Flax nnx modules called as `model(x) -> (N, C)` logits.
+
+* `MLP`: `depth` Dense layers (depth - 1 hidden layers of `width` units, ReLU), LeCun-normal weights
+  (variance 1 / fan_in; LeCun et al., "Efficient BackProp", 1998) and zero biases: the standard
+  parameterisation, under which the NTK scale grows with the width.
+* `CNN`: three 3x3 convolutions of 32 filters (ReLU, 2x2 average pooling after each), a 64-unit Dense
+  layer and the output layer, He-uniform weights (He et al., "Delving deep into rectifiers", 2015) and
+  zero biases: the small network of the noisy-copy experiment.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from ntkspec._errors import bad_value
+from ntkspec._typing import Key
+
+MODELS = ("mlp", "cnn")
+
+
+def _positive(name: str, value: object) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise bad_value(name, repr(value), "a positive integer")
+
+
+class MLP(nnx.Module):
+    """ReLU MLP with `depth` Dense layers: in_features -> width -> ... -> width -> num_classes."""
+
+    def __init__(
+        self,
+        in_features: int,
+        width: int,
+        depth: int,
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        param_dtype: jnp.dtype = jnp.float32,
+    ):
+        for name, value in (("in_features", in_features), ("width", width), ("depth", depth)):
+            _positive(name, value)
+        _positive("num_classes", num_classes)
+        sizes = [in_features] + [width] * (depth - 1) + [num_classes]
+        self.layers = nnx.List(
+            [
+                nnx.Linear(
+                    fan_in,
+                    fan_out,
+                    kernel_init=nnx.initializers.lecun_normal(),
+                    bias_init=nnx.initializers.zeros_init(),
+                    param_dtype=param_dtype,
+                    dtype=param_dtype,
+                    rngs=rngs,
+                )
+                for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True)
+            ]
+        )
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for layer in self.layers[:-1]:
+            x = jax.nn.relu(layer(x))
+        return self.layers[-1](x)
+
+
+class CNN(nnx.Module):
+    """Three conv(3x3, 32) + ReLU + 2x2 average-pool blocks, Dense(64) + ReLU, Dense(num_classes)."""
+
+    def __init__(
+        self,
+        image_shape: tuple[int, int, int],
+        num_classes: int,
+        *,
+        rngs: nnx.Rngs,
+        filters: int = 32,
+        hidden: int = 64,
+        param_dtype: jnp.dtype = jnp.float32,
+    ):
+        if len(image_shape) != 3:
+            raise bad_value("image_shape", repr(image_shape), "(height, width, channels)")
+        _positive("num_classes", num_classes)
+        height, width, channels = image_shape
+        init = dict(
+            kernel_init=nnx.initializers.he_uniform(),
+            bias_init=nnx.initializers.zeros_init(),
+            param_dtype=param_dtype,
+            dtype=param_dtype,
+            rngs=rngs,
+        )
+        self.convs = nnx.List(
+            [nnx.Conv(c, filters, kernel_size=(3, 3), **init) for c in (channels, filters, filters)]
+        )
+        for _ in range(3):
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise bad_value("image_shape", repr(image_shape), "images of at least 8x8 pixels")
+        self.dense = nnx.Linear(height * width * filters, hidden, **init)
+        self.out = nnx.Linear(hidden, num_classes, **init)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        for conv in self.convs:
+            x = nnx.avg_pool(jax.nn.relu(conv(x)), (2, 2), strides=(2, 2))
+        x = jax.nn.relu(self.dense(x.reshape(x.shape[0], -1)))
+        return self.out(x)
+
+
+def build(
+    kind: str,
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    key: Key,
+    *,
+    width: int = 0,
+    depth: int = 0,
+    param_dtype: jnp.dtype = jnp.float32,
+) -> nnx.Module:
+    """Build model `kind` ("mlp" or "cnn") for inputs of `input_shape` (one sample) from `key`.
+
+    An MLP flattens nothing itself: pass `input_shape = (features,)`. `width` and `depth` apply to the
+    MLP only.
+    """
+    rngs = nnx.Rngs(params=key)
+    if kind == "mlp":
+        features = 1
+        for d in input_shape:
+            features *= d
+        return MLP(features, width, depth, num_classes, rngs=rngs, param_dtype=param_dtype)
+    if kind == "cnn":
+        return CNN(tuple(input_shape), num_classes, rngs=rngs, param_dtype=param_dtype)
+    raise bad_value("model", repr(kind), f"one of {MODELS}")
