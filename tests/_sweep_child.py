@@ -1,0 +1,17 @@
+"""Runs one sweep task in a subprocess (for the kill and concurrency tests): CONFIG STORE TASK."""
+
+import pathlib
+import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import _standin  # noqa: E402
+
+_standin.install()
+
+from ntkspec.sweep import load_config, run_sweep  # noqa: E402
+
+config = load_config(sys.argv[1], store=sys.argv[2])
+print("start", flush=True)
+run_sweep(config, task=sys.argv[3], progress=False)
+print("done", flush=True)

@@ -1,0 +1,218 @@
+import _standin
+
+_standin.install()
+
+import os  # noqa: E402
+import random  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import zarr  # noqa: E402
+
+from ntkspec import store, sweep, train  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+CHILD = Path(__file__).with_name("_sweep_child.py")
+
+TINY = """
+name = "tiny"
+kind = "width"
+dataset = "digits"
+depth = 3
+widths = [8]
+seeds = 4
+n_train = 20
+n_ntk = 4
+n_test = 20
+optimizer = "adam"
+lr = 0.01
+epochs = 12
+n_records = 4
+spacing = "linear"
+top_k = 3
+"""
+
+
+@pytest.fixture
+def tiny_config(tmp_path):
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY)
+    return path
+
+
+def _expected_records(config):
+    return len(train.record_epochs(config.epochs, config.n_records, config.spacing))
+
+
+def _check_complete(path, config):
+    """Every run complete, with exactly the expected records, epochs strictly increasing."""
+    expected = _expected_records(config)
+    names = [run.name for run in sweep.runs(config)]
+    assert store.list_runs(path) == sorted(names)
+    out = {}
+    for name in names:
+        attrs, arrays = store.read_run(path, name)
+        assert attrs["status"] == "complete", (name, attrs)
+        assert attrs["n_records"] == expected
+        assert all(a.shape[0] == expected for a in arrays.values())  # nothing beyond n_records
+        group = zarr.open_group(str(path), path=name, mode="r")
+        assert all(a.shape[0] == expected for _, a in group.arrays())
+        assert np.all(np.diff(arrays["epoch"]) > 0) and arrays["epoch"][-1] == config.epochs
+        out[name] = arrays
+    return out
+
+
+def _spawn(config_path, store_path, task, cache):
+    # A shared persistent compilation cache: restarted children do not recompile.
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COMPILATION_CACHE_DIR": str(cache),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+    }
+    return subprocess.Popen(
+        [sys.executable, str(CHILD), str(config_path), str(store_path), task],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def _finish(process):
+    out, err = process.communicate(timeout=240)
+    assert process.returncode == 0, err[-3000:]
+    return out
+
+
+def test_config_validation_names_the_field(tiny_config):
+    config = sweep.load_config(tiny_config)
+    assert config.widths == (8,) and config.n_test == 20 and config.lr == 0.01
+    cases = {
+        "widths": ({"widths": [8, -1]}, "`widths`: got [8, -1]"),
+        "kind": ({"kind": "depth"}, "`kind`: got 'depth', expected one of ('width'"),
+        "lr": ({"lr": "fast"}, "`lr`: got 'fast' (str), expected a value of type float"),
+        "seeds": ({"seeds": 0}, "`seeds`: got 0, expected a positive integer"),
+        "unknown": ({"widht": [8]}, "config field 'widht'"),
+        "data_sizes": ({"kind": "data_size", "widths": [8]}, "`data_sizes`: got []"),
+        "single width": ({"kind": "data_size", "data_sizes": [10], "widths": [4, 8]}, "one width"),
+        "dataset": ({"dataset": "svhn"}, "`dataset`: got 'svhn'"),
+        "b1": ({"b1": 1.5}, "`b1`: got 1.5, expected a number in [0, 1)"),
+        "bool as int": ({"depth": True}, "`depth`: got True (bool)"),
+    }
+    for values, message in cases.values():
+        with pytest.raises(ValueError) as info:
+            sweep.load_config(tiny_config, **values)
+        assert message in str(info.value)
+    with pytest.raises(ValueError, match="a TOML file or a built-in config name"):
+        sweep.load_config("no-such-config")
+
+
+def test_builtin_configs_are_valid():
+    names = sweep.builtin_configs()
+    assert {"quickstart", "mnist-shared", "cifar4-noise", "mnist-data-scaling"} <= set(names)
+    for name in names:
+        config = sweep.load_config(name)
+        assert config.name == name or name == "mnist-shared"
+    assert sweep.load_config("mnist-depth4").widths[-1] == 65536
+    assert sweep.load_config("cifar4-noise").classes == ("bird", "cat", "airplane", "automobile")
+    # The repository's configs/ folder is the package's.
+    assert (ROOT / "configs" / "quickstart.toml").read_text() == names["quickstart"].read_text()
+
+
+def test_runs_and_task_striping(tiny_config):
+    config = sweep.load_config(tiny_config)
+    names = [run.name for run in sweep.runs(config)]
+    assert names == ["w8_s0", "w8_s1", "w8_s2", "w8_s3"]
+    config = sweep.load_config(tiny_config, widths=[4, 8], seeds=2)
+    assert [run.name for run in sweep.runs(config)] == ["w4_s0", "w4_s1", "w8_s0", "w8_s1"]
+    config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100])
+    config = sweep.load_config(
+        tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100], seeds=2
+    )
+    assert [run.name for run in sweep.runs(config)] == ["n10_s0", "n10_s1", "n100_s0", "n100_s1"]
+    assert sweep.parse_task("3/16") == (3, 16)
+    with pytest.raises(ValueError, match="`task`"):
+        sweep.parse_task("16/16")
+
+
+def test_sweep_writes_store_xarray_reads_it_and_rerun_skips(tiny_config, tmp_path):
+    xr = pytest.importorskip("xarray")
+    config = sweep.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "s.zarr"))
+    first = sweep.run_sweep(config, task="1/2", progress=False)
+    assert first.done == ("w8_s0",) and not first.complete
+    summary = sweep.run_sweep(config, progress=False)
+    assert summary.done == ("w4_s0",) and summary.skipped == ("w8_s0",) and summary.complete
+    runs = _check_complete(config.store_path, config)
+    root = zarr.open_group(str(config.store_path), mode="r")
+    assert root.attrs["config"]["widths"] == [4, 8] and "jax" in root.attrs["versions"]
+    assert root.attrs["ntkspec_version"] and root.attrs["created"]
+
+    ds = xr.open_zarr(config.store_path, group="w8_s0", consolidated=False)
+    assert ds.sizes == {"record": _expected_records(config), "k": 3}
+    assert ds["top_eigenvalues"].dims == ("record", "k") and ds["trace"].dims == ("record",)
+    assert list(ds["method"].values) == ["exact"] * ds.sizes["record"]
+    assert ds.attrs["status"] == "complete" and ds.attrs["width"] == 8 and ds.attrs["depth"] == 3
+    np.testing.assert_array_equal(ds["train_loss"].values, runs["w8_s0"]["train_loss"])
+    assert runs["w8_s0"]["train_loss"][-1] < runs["w8_s0"]["train_loss"][0]
+
+    # A store made by another config is refused, naming what differs.
+    other = sweep.load_config(tiny_config, widths=[4, 8], seeds=1, lr=0.1, store=config.store)
+    with pytest.raises(ValueError, match="lr: 0.01 there, 0.1 now"):
+        sweep.run_sweep(other, progress=False)
+
+
+def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
+    config = sweep.load_config(
+        tiny_config, seeds=2, optimizer="sgd", lr=1e30, store=str(tmp_path / "d.zarr")
+    )
+    summary = sweep.run_sweep(config, progress=False)
+    assert summary.diverged == ("w8_s0", "w8_s1") and summary.done == ("w8_s0", "w8_s1")
+    for name in summary.diverged:
+        attrs, arrays = store.read_run(config.store_path, name)
+        assert attrs["status"] == "diverged"
+        assert "lower learning rate" in attrs["message"] and "lr 1e+30" in attrs["message"]
+        assert attrs["n_records"] == arrays["epoch"].size >= 1
+    assert sweep.run_sweep(config, progress=False).skipped == ("w8_s0", "w8_s1")
+
+
+@pytest.fixture(scope="module")
+def two_task_store(tmp_path_factory):
+    """The tiny sweep run by two processes at once, tasks 0/2 and 1/2, into one store."""
+    folder = tmp_path_factory.mktemp("two")
+    config_path = folder / "tiny.toml"
+    config_path.write_text(TINY)
+    path = folder / "two.zarr"
+    cache = tmp_path_factory.mktemp("jax-cache")
+    processes = [_spawn(config_path, path, task, cache) for task in ("0/2", "1/2")]
+    for process in processes:
+        _finish(process)
+    return config_path, path, cache
+
+
+def test_two_processes_on_disjoint_tasks(two_task_store):
+    config_path, path, _ = two_task_store
+    config = sweep.load_config(config_path, store=str(path))
+    _check_complete(path, config)
+
+
+def test_resume_after_sigkill(two_task_store, tmp_path):
+    config_path, reference, cache = two_task_store
+    path = tmp_path / "killed.zarr"
+    rng = random.Random(4)
+    for _ in range(3):
+        process = _spawn(config_path, path, "0/1", cache)
+        assert process.stdout.readline().strip() == "start"
+        time.sleep(rng.uniform(0.05, 1.5))
+        process.kill()  # SIGKILL
+        process.communicate()  # reap it and close its pipes
+    _finish(_spawn(config_path, path, "0/1", cache))
+    config = sweep.load_config(config_path, store=str(path))
+    resumed = _check_complete(path, config)
+    # Same numbers as the uninterrupted two-process sweep: nothing lost, duplicated or mixed up.
+    expected = _check_complete(reference, config)
+    for name, arrays in expected.items():
+        for field in ("epoch", "train_loss", "test_accuracy", "trace", "top_eigenvalues"):
+            np.testing.assert_array_equal(resumed[name][field], arrays[field])
