@@ -40,7 +40,7 @@ def _user_errors(console: Console) -> Iterator[None]:
     try:
         yield
     except ValueError as error:
-        console.print(f"[red]Error:[/red] {error}", highlight=False)
+        console.print(f"[red]Error:[/red] {error}", highlight=False, soft_wrap=True)
         raise typer.Exit(2) from error
 
 
@@ -70,7 +70,7 @@ def sweep(
     """Train every run of a sweep and record NTK spectra in a Zarr store; resumes where it stopped."""
     from ntkspec.sweep import load_config, run_sweep
 
-    console = Console()
+    console = Console(soft_wrap=True)
     with _user_errors(console):
         cfg = load_config(
             config,
@@ -127,7 +127,7 @@ def spectrum(
     """Spectrum of the NTK of one freshly initialised model on a held-out batch."""
     from ntkspec.sweep import init_spectrum
 
-    with _user_errors(Console()):
+    with _user_errors(Console(soft_wrap=True)):
         raw, cosine = init_spectrum(
             width=width, depth=depth, n_ntk=n_ntk, dataset=dataset, model=model, method=method,
             seed=seed, top_k=top_k, data_dir=None if data_dir is None else str(data_dir),
@@ -167,7 +167,7 @@ def analyze(
     ],
 ) -> None:
     """Derived quantities and power-law fits of a sweep store."""
-    _analyze(store, Console())
+    _analyze(store, Console(soft_wrap=True))
 
 
 @app.command()
@@ -178,4 +178,4 @@ def plot(
     out_dir: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
 ) -> None:
     """Figures of a sweep store."""
-    _plot(store, out_dir or _default_figures(store), Console())
+    _plot(store, out_dir or _default_figures(store), Console(soft_wrap=True))

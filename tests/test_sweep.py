@@ -2,6 +2,8 @@ import _standin
 
 _standin.install()
 
+import contextlib  # noqa: E402
+import json  # noqa: E402
 import os  # noqa: E402
 import random  # noqa: E402
 import subprocess  # noqa: E402
@@ -198,18 +200,34 @@ def test_two_processes_on_disjoint_tasks(two_task_store):
     _check_complete(path, config)
 
 
+def _records_written(path):
+    """Records appended so far over all runs (read from the runs' zarr.json, as a reader would)."""
+    total = 0
+    for meta in Path(path).glob("*/zarr.json"):
+        with contextlib.suppress(OSError, ValueError):
+            total += json.loads(meta.read_text())["attributes"].get("n_records", 0)
+    return total
+
+
 def test_resume_after_sigkill(two_task_store, tmp_path):
     config_path, reference, cache = two_task_store
-    path = tmp_path / "killed.zarr"
+    config = sweep.load_config(config_path, store=str(tmp_path / "killed.zarr"))
+    path = config.store_path
+    total = len(sweep.runs(config)) * _expected_records(config)
     rng = random.Random(4)
-    for _ in range(3):
+    # Kill at random points: once a random number of records is on disk, after a random delay.
+    targets = sorted(rng.sample(range(2, total), 3))
+    killed_with_records = []
+    for target in targets:
         process = _spawn(config_path, path, "0/1", cache)
-        assert process.stdout.readline().strip() == "start"
-        time.sleep(rng.uniform(0.05, 1.5))
+        while process.poll() is None and _records_written(path) < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.1))
         process.kill()  # SIGKILL
         process.communicate()  # reap it and close its pipes
+        killed_with_records.append(_records_written(path))
+    assert all(0 < n < total for n in killed_with_records), killed_with_records  # really mid-sweep
     _finish(_spawn(config_path, path, "0/1", cache))
-    config = sweep.load_config(config_path, store=str(path))
     resumed = _check_complete(path, config)
     # Same numbers as the uninterrupted two-process sweep: nothing lost, duplicated or mixed up.
     expected = _check_complete(reference, config)

@@ -1,0 +1,93 @@
+import _standin
+
+_standin.install()
+
+import sys  # noqa: E402
+import types  # noqa: E402
+
+import pytest  # noqa: E402
+from typer.testing import CliRunner  # noqa: E402
+
+from ntkspec import store  # noqa: E402
+from ntkspec.cli import app  # noqa: E402
+
+TINY = """
+name = "tiny-cli"
+dataset = "digits"
+depth = 3
+widths = [8]
+seeds = 1
+n_train = 20
+n_ntk = 4
+n_test = 20
+lr = 0.01
+epochs = 10
+n_records = 3
+top_k = 3
+"""
+
+
+@pytest.fixture
+def fake_analysis(monkeypatch, tmp_path):
+    """Stand-ins for ntkspec.analysis / ntkspec.plots: the CLI is only wiring to them."""
+    calls = []
+
+    def analyze_store(path):
+        calls.append(("analyze", path))
+        return {"runs": len(store.list_runs(path))}
+
+    def plot_store(path, out_dir):
+        calls.append(("plot", path, out_dir))
+        out_dir.mkdir(parents=True, exist_ok=True)
+        figure = out_dir / "trace_vs_width.png"
+        figure.write_bytes(b"png")
+        return [figure]
+
+    monkeypatch.setitem(sys.modules, "ntkspec.analysis", types.SimpleNamespace(analyze_store=analyze_store))
+    monkeypatch.setitem(sys.modules, "ntkspec.plots", types.SimpleNamespace(plot_store=plot_store))
+    return calls
+
+
+def test_sweep_command_runs_analyzes_plots_and_resumes(tmp_path, fake_analysis):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY)
+    path = tmp_path / "out" / "tiny.zarr"
+    runner = CliRunner()
+    args = ["sweep", str(config), "--widths", "4,8", "--epochs", "6", "--store", str(path)]
+    result = runner.invoke(app, [*args, "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert store.list_runs(path) == ["w4_s0", "w8_s0"]
+    attrs, arrays = store.read_run(path, "w4_s0")
+    assert attrs["status"] == "complete" and arrays["epoch"].tolist() == [0, 1, 6]
+    assert "2 run(s) trained" in result.output and "Store:" in result.output
+    assert "'runs': 2" in result.output and "trace_vs_width.png" in result.output
+    assert [c[0] for c in fake_analysis] == ["analyze", "plot"]
+    assert fake_analysis[1][2] == tmp_path / "out" / "tiny-figures"
+
+    again = runner.invoke(app, [*args, "--no-progress", "--no-analyze"])
+    assert again.exit_code == 0 and "0 run(s) trained, 2 already finished" in again.output
+    half = runner.invoke(app, [*args, "--task", "0/2", "--no-progress"])
+    assert half.exit_code == 0 and "1 already finished" in half.output
+
+
+def test_sweep_command_reports_bad_input(tmp_path):
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY.replace("lr = 0.01", "lr = -1.0"))
+    result = CliRunner().invoke(app, ["sweep", str(config), "--store", str(tmp_path / "s.zarr")])
+    assert result.exit_code == 2 and "`lr`: got -1.0, expected a positive number" in result.output
+    result = CliRunner().invoke(app, ["sweep", str(config), "--widths", "8,x"])
+    assert result.exit_code == 2 and "--widths" in result.output
+    result = CliRunner().invoke(app, ["sweep", "nope.toml"])
+    assert result.exit_code == 2 and "built-in config name" in result.output
+    result = CliRunner().invoke(app, ["analyze", str(tmp_path / "missing.zarr")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+
+
+def test_spectrum_command():
+    result = CliRunner().invoke(
+        app, ["spectrum", "--width", "8", "--n-ntk", "4", "--top-k", "3", "--seed", "1"]
+    )
+    assert result.exit_code == 0, result.output
+    for row in ("trace", "mean diagonal", "entropy", "effective rank", "top eigenvalues", "exact"):
+        assert row in result.output
+    assert "40" in result.output  # kernel size: 4 samples x 10 classes
