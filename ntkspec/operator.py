@@ -20,7 +20,9 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
-from ntkspec import exact
+from jax.sharding import Mesh
+
+from ntkspec import exact, sharding
 from ntkspec._errors import bad_value, describe
 from ntkspec.model import adapt, validate
 
@@ -42,6 +44,7 @@ class NTKOperator:
     n_outputs: int = dataclasses.field(metadata=dict(static=True))
     chunk_size: int = dataclasses.field(metadata=dict(static=True))
     probe_block: int = dataclasses.field(metadata=dict(static=True))
+    mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))
 
     @property
     def n_samples(self) -> int:
@@ -87,7 +90,8 @@ class NTKOperator:
         return dataclasses.replace(self, scale=scale)
 
 
-def ntk(model, *args, chunk_size: int | None = None, probe_block: int = 32) -> NTKOperator:
+def ntk(model, *args, chunk_size: int | None = None, probe_block: int = 32,
+        mesh: Mesh | None = None) -> NTKOperator:
     """Empirical NTK operator of a model on a batch of inputs.
 
     Parameters
@@ -97,6 +101,8 @@ def ntk(model, *args, chunk_size: int | None = None, probe_block: int = 32) -> N
         as `ntk(module, x)`.
     chunk_size : samples per forward/backward pass (default: all N up to 256).
     probe_block : columns of V processed together by `matvec`.
+    mesh : a `jax.sharding.Mesh` with axes ("data", "model") (see `ntkspec.sharding.make_mesh`):
+        samples and probes are split on "data", wide parameter dimensions on "model".
 
     Numerics follow the dtype of params and x (float32 by default; float64 with x64 enabled).
     """
@@ -108,7 +114,11 @@ def ntk(model, *args, chunk_size: int | None = None, probe_block: int = 32) -> N
         chunk_size = min(x.shape[0], 256)
     if chunk_size < 1:
         raise bad_value("chunk_size", chunk_size, "a positive integer")
-    return NTKOperator(params, state, x, None, apply, out.shape[1], chunk_size, probe_block)
+    if mesh is not None:
+        data = mesh.shape["data"]
+        chunk_size = -(-chunk_size // data) * data  # every chunk splits evenly over "data"
+        params, x = sharding.shard_params(params, mesh), sharding.shard_batch(x, mesh)
+    return NTKOperator(params, state, x, None, apply, out.shape[1], chunk_size, probe_block, mesh)
 
 
 def _chunks(op: NTKOperator, tree):
@@ -147,6 +157,8 @@ def _kernel_times(op: NTKOperator, columns: jax.Array) -> jax.Array:
     width = columns.shape[0]
     v = columns.reshape(width, op.n_samples, op.n_outputs).transpose(1, 0, 2)  # (N, width, C)
     xs, vs = _chunks(op, (op.x, v))
+    xs = sharding.constrain_samples(xs, op.mesh, axis=1)
+    vs = sharding.constrain_samples(vs, op.mesh, axis=1)
 
     def model(params, x):
         return op.apply(params, op.state, x)
