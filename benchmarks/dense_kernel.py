@@ -24,7 +24,7 @@ class _MLP(nnx.Module):
 
     def __init__(self, width: int, rngs: nnx.Rngs):
         sizes = [784, width, width, 10]
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:])])
+        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:], strict=False)])
 
     def __call__(self, x):
         for layer in self.layers[:-1]:
@@ -40,11 +40,11 @@ def run(widths, jacobian_max_width: int, n: int = 128, repeats: int = 3) -> dict
         op = ntkspec.ntk(model, x)
         n_params = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
         row = {"width": width, "params": int(n_params), "kernel_rows": op.shape[0]}
-        row["structured_s"] = best_time(lambda: op.dense("structured"), repeats=repeats)
+        row["structured_s"] = best_time(op.dense, "structured", repeats=repeats)
         v = jax.random.normal(jax.random.key(2), (op.shape[0],), jnp.float32)
         row["matvec_s"] = best_time(op.matvec, v, repeats=repeats)
         if width <= jacobian_max_width:
-            row["jacobian_s"] = best_time(lambda: op.dense("jacobian"), repeats=1)
+            row["jacobian_s"] = best_time(op.dense, "jacobian", repeats=1)
             k_s, k_j = np.asarray(op.dense("structured")), np.asarray(op.dense("jacobian"))
             row["max_relative_difference"] = float(np.abs(k_s - k_j).max() / np.abs(k_j).max())
             row["speedup"] = row["jacobian_s"] / row["structured_s"]

@@ -92,8 +92,7 @@ class _Walker:
 
     def _eqn(self, eqn, invals: list) -> list:
         name = eqn.primitive.name
-        origins = [self.origin.get(v) if not isinstance(v, jcore.Literal) else None
-                   for v in eqn.invars]
+        origins = [self.origin.get(v) if not isinstance(v, jcore.Literal) else None for v in eqn.invars]
         if name in _CALLS:
             return self._call(eqn, invals, origins)
         layer = self._dense_match(eqn, origins)
@@ -143,8 +142,14 @@ class _Walker:
             return None
         lhs, rhs = (v.aval for v in eqn.invars)
         (contract_lhs, contract_rhs), (batch_lhs, _) = eqn.params["dimension_numbers"]
-        if (lhs.ndim != 2 or rhs.ndim != 2 or lhs.shape[0] != 1 or batch_lhs
-                or tuple(contract_lhs) != (1,) or tuple(contract_rhs) not in ((0,), (1,))):
+        if (
+            lhs.ndim != 2
+            or rhs.ndim != 2
+            or lhs.shape[0] != 1
+            or batch_lhs
+            or tuple(contract_lhs) != (1,)
+            or tuple(contract_rhs) not in ((0,), (1,))
+        ):
             return None
         leaf = origins[1][1]
         layer = len(self.layers)
@@ -175,8 +180,9 @@ def find_structure(fn, leaves: Sequence, *args) -> Structure:
     n = len(leaves)
     for i, var in enumerate(closed.jaxpr.invars[:n]):
         walker.origin[var] = ("param", i)
-    jax.eval_shape(lambda *flat: walker.run(closed.jaxpr, closed.consts, flat),
-                   *jax.tree.leaves((list(leaves), *args)))
+    jax.eval_shape(
+        lambda *flat: walker.run(closed.jaxpr, closed.consts, flat), *jax.tree.leaves((list(leaves), *args))
+    )
     layers = []
     for index, (leaf, d_in, d_out) in enumerate(walker.layers):
         if walker.uses.get(leaf) != [("weight", index)]:
@@ -185,21 +191,19 @@ def find_structure(fn, leaves: Sequence, *args) -> Structure:
         if walker.dense_uses.get(index) == 1:
             bias = next((b for b, uses in walker.uses.items() if uses == [("bias", index)]), None)
         layers.append(DenseLayer(index, leaf, bias, d_in, d_out))
-    structured = {layer.weight for layer in layers} | {l.bias for l in layers if l.bias is not None}
-    rest = tuple(i for i in range(n) if i not in structured)
-    return Structure(tuple(layers), rest)
+    structured = Structure(tuple(layers), ()).structured
+    return Structure(tuple(layers), tuple(i for i in range(n) if i not in structured))
 
 
-def perturbed_call(fn, leaves: Sequence, args: tuple, structure: Structure,
-                   perturbations: Sequence[jax.Array]):
+def perturbed_call(
+    fn, leaves: Sequence, args: tuple, structure: Structure, perturbations: Sequence[jax.Array]
+):
     """Evaluate `fn(leaves, *args)` with `perturbations[k]` added to the output of layer k.
 
     Returns the outputs and the inputs a of every layer of `structure`, in its order.
     """
     closed = _closed_jaxpr(fn, leaves, *args)
-    walker = _Walker(
-        {layer.position: e for layer, e in zip(structure.layers, perturbations, strict=True)}
-    )
+    walker = _Walker({layer.position: e for layer, e in zip(structure.layers, perturbations, strict=True)})
     for i, var in enumerate(closed.jaxpr.invars[: len(leaves)]):
         walker.origin[var] = ("param", i)
     (out,) = walker.run(closed.jaxpr, closed.consts, jax.tree.leaves((list(leaves), *args)))

@@ -50,8 +50,12 @@ def _structure(fn, leaves, state, x, path: str) -> Structure:
         return Structure((), tuple(range(len(leaves))))
     structure = find_structure(fn, leaves, state, x[:1])
     if path == "structured" and not structure.layers:
-        raise bad_value("path", "'structured'", "a model with Dense layers",
-                        "No Dense layer was found in this model; use path='auto'.")
+        raise bad_value(
+            "path",
+            "'structured'",
+            "a model with Dense layers",
+            "No Dense layer was found in this model; use path='auto'.",
+        )
     return structure
 
 
@@ -98,8 +102,7 @@ def _dense_factors(fn, leaves, state, x, structure: Structure, chunk: int):
     """Layer inputs A_l (N, d_in) and sensitivities Delta_l (N, C, d_out) of every Dense layer."""
 
     def one(x_i):
-        zeros = [jnp.zeros((1, layer.d_out), leaves[layer.weight].dtype)
-                 for layer in structure.layers]
+        zeros = [jnp.zeros((1, layer.d_out), leaves[layer.weight].dtype) for layer in structure.layers]
 
         def f(perturbations):
             out, inputs = perturbed_call(fn, leaves, (state, x_i[None]), structure, perturbations)

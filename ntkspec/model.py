@@ -37,9 +37,7 @@ class FunctionApply:
             return id(self.fn)
 
     def __eq__(self, other):
-        return isinstance(other, FunctionApply) and (
-            self.fn is other.fn or _safe_equal(self.fn, other.fn)
-        )
+        return isinstance(other, FunctionApply) and (self.fn is other.fn or _safe_equal(self.fn, other.fn))
 
 
 def _safe_equal(a, b) -> bool:
@@ -64,19 +62,28 @@ def adapt(model, args: tuple) -> tuple[Callable, Any, Any, jax.Array]:
     if isinstance(model, nnx.Module):
         if len(args) != 1:
             raise bad_value(
-                "args", f"{len(args)} positional argument(s) after an nnx module",
-                "exactly one, the inputs x", "Call ntkspec.ntk(module, x).")
+                "args",
+                f"{len(args)} positional argument(s) after an nnx module",
+                "exactly one, the inputs x",
+                "Call ntkspec.ntk(module, x).",
+            )
         graphdef, params, state = nnx.split(model, nnx.Param, ...)
         return NNXApply(graphdef), params, state, args[0]
     if callable(model):
         if len(args) != 2:
             raise bad_value(
-                "args", f"{len(args)} positional argument(s) after a function",
-                "two: params and the inputs x", "Call ntkspec.ntk(apply_fn, params, x).")
+                "args",
+                f"{len(args)} positional argument(s) after a function",
+                "two: params and the inputs x",
+                "Call ntkspec.ntk(apply_fn, params, x).",
+            )
         return FunctionApply(model), args[0], None, args[1]
     raise bad_value(
-        "model", describe(model), "a function apply_fn(params, x) or a Flax nnx Module",
-        "For linen, pass module.apply and its variables: ntkspec.ntk(module.apply, variables, x).")
+        "model",
+        describe(model),
+        "a function apply_fn(params, x) or a Flax nnx Module",
+        "For linen, pass module.apply and its variables: ntkspec.ntk(module.apply, variables, x).",
+    )
 
 
 def validate(apply: Callable, params, state, x) -> jax.ShapeDtypeStruct:
@@ -93,16 +100,24 @@ def validate(apply: Callable, params, state, x) -> jax.ShapeDtypeStruct:
         out = jax.eval_shape(apply, params, state, x)
     except Exception as error:
         raise bad_value(
-            "model", f"a model that fails on x ({type(error).__name__}: {error})",
-            f"a model callable on inputs like x ({describe(x)})") from error
+            "model",
+            f"a model that fails on x ({type(error).__name__}: {error})",
+            f"a model callable on inputs like x ({describe(x)})",
+        ) from error
     if not isinstance(out, jax.ShapeDtypeStruct):
-        raise bad_value("model output", f"a {type(out).__name__}",
-                        "a single array of shape (N, C)",
-                        "Wrap the model so that it returns only the logits.")
+        raise bad_value(
+            "model output",
+            f"a {type(out).__name__}",
+            "a single array of shape (N, C)",
+            "Wrap the model so that it returns only the logits.",
+        )
     if out.ndim != 2 or out.shape[0] != x.shape[0]:
-        raise bad_value("model output", f"shape {tuple(out.shape)}",
-                        f"shape (N, C) = ({x.shape[0]}, C), one row per sample of x",
-                        "Reshape or select the outputs to a 2-D (N, C) array.")
+        raise bad_value(
+            "model output",
+            f"shape {tuple(out.shape)}",
+            f"shape (N, C) = ({x.shape[0]}, C), one row per sample of x",
+            "Reshape or select the outputs to a 2-D (N, C) array.",
+        )
     if not np.issubdtype(out.dtype, np.floating):
         raise bad_value("model output", f"dtype {out.dtype}", "a floating-point dtype")
     return out

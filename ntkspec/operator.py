@@ -18,9 +18,8 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float
-
 from jax.sharding import Mesh
+from jaxtyping import Array, Float
 
 from ntkspec import exact, sharding
 from ntkspec._errors import bad_value, describe
@@ -59,7 +58,7 @@ class NTKOperator:
     def dtype(self):
         return jax.eval_shape(self.apply, self.params, self.state, self.x[:1]).dtype
 
-    def matvec(self, v: Float[Array, "n *k"]) -> Float[Array, "n *k"]:
+    def matvec(self, v: jax.Array) -> jax.Array:
         """K v for v of shape (n,) or (n, k)."""
         n = self.shape[0]
         if not hasattr(v, "shape") or v.ndim not in (1, 2) or v.shape[0] != n:
@@ -90,8 +89,9 @@ class NTKOperator:
         return dataclasses.replace(self, scale=scale)
 
 
-def ntk(model, *args, chunk_size: int | None = None, probe_block: int = 32,
-        mesh: Mesh | None = None) -> NTKOperator:
+def ntk(
+    model, *args, chunk_size: int | None = None, probe_block: int = 32, mesh: Mesh | None = None
+) -> NTKOperator:
     """Empirical NTK operator of a model on a batch of inputs.
 
     Parameters

@@ -42,8 +42,12 @@ def make_mesh(spec: str | dict[str, int] | None = None, devices=None) -> Mesh:
         sizes.setdefault("model", 1)
     total = sizes["data"] * sizes["model"]
     if total < 1 or total > len(devices) or min(sizes.values()) < 1:
-        raise bad_value("mesh", repr(spec), f"axis sizes whose product is at most {len(devices)}, "
-                        "the number of devices", f"Devices: {len(devices)}.")
+        raise bad_value(
+            "mesh",
+            repr(spec),
+            f"axis sizes whose product is at most {len(devices)}, the number of devices",
+            f"Devices: {len(devices)}.",
+        )
     grid = np.array(devices[:total]).reshape(sizes["data"], sizes["model"])
     return Mesh(grid, AXES)
 
@@ -69,15 +73,19 @@ def param_spec(shape: tuple[int, ...], mesh: Mesh, name: str = "params") -> P:
             spec[axis] = "model"
             return P(*spec)
     if math.prod(shape) >= MUST_SHARD_SIZE:
-        raise bad_value(name, f"a parameter of shape {shape}",
-                        f"a first or last dimension divisible by the model axis size {m}",
-                        f"Choose widths that are multiples of {m}, or a mesh with fewer devices "
-                        "on 'model' (e.g. --mesh data=N,model=1).")
+        raise bad_value(
+            name,
+            f"a parameter of shape {shape}",
+            f"a first or last dimension divisible by the model axis size {m}",
+            f"Choose widths that are multiples of {m}, or a mesh with fewer devices "
+            "on 'model' (e.g. --mesh data=N,model=1).",
+        )
     return P()
 
 
 def shard_params(tree, mesh: Mesh):
     """Place every leaf of a parameter (or optimizer-state) pytree by `param_spec`."""
+
     def place(path, leaf):
         if not hasattr(leaf, "shape"):
             return leaf

@@ -13,8 +13,8 @@ class ReluMLP(nnx.Module):
     def __init__(self, rngs, width=12, dtype=jnp.float32):
         kw = dict(rngs=rngs, param_dtype=dtype, dtype=dtype)
         self.layers = nnx.List(
-            [nnx.Linear(N_IN, width, **kw), nnx.Linear(width, width, **kw),
-             nnx.Linear(width, N_OUT, **kw)])
+            [nnx.Linear(N_IN, width, **kw), nnx.Linear(width, width, **kw), nnx.Linear(width, N_OUT, **kw)]
+        )
 
     def __call__(self, x):
         for layer in self.layers[:-1]:

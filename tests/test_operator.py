@@ -6,7 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference_models import NNX_MODELS, LinenMLP, inputs, nnx_reference, reference_kernel, relative_error
+from reference_models import (
+    NNX_MODELS,
+    LinenMLP,
+    inputs,
+    nnx_reference,
+    reference_kernel,
+    relative_error,
+)
 
 import ntkspec
 
@@ -14,10 +21,13 @@ TOLERANCE = {jnp.float64: 1e-8, jnp.float32: 1e-4}
 N = 5
 
 
-@pytest.fixture(scope="module", params=[
-    (name, seed, dtype) for name in NNX_MODELS for seed in (0, 1)
-    for dtype in (jnp.float64, jnp.float32)
-], ids=lambda p: f"{p[0]}-seed{p[1]}-{jnp.dtype(p[2]).name}")
+@pytest.fixture(
+    scope="module",
+    params=[
+        (name, seed, dtype) for name in NNX_MODELS for seed in (0, 1) for dtype in (jnp.float64, jnp.float32)
+    ],
+    ids=lambda p: f"{p[0]}-seed{p[1]}-{jnp.dtype(p[2]).name}",
+)
 def case(request):
     name, seed, dtype = request.param
     module = NNX_MODELS[name](nnx.Rngs(seed), dtype=dtype)
@@ -98,8 +108,11 @@ def test_structured_layers_are_found():
     from ntkspec._intercept import find_structure
     from ntkspec.exact import _flat
 
-    for name, expected_layers, expected_rest in [("relu_mlp", 3, 0), ("cnn", 1, 4),
-                                                 ("residual_layernorm", 3, 2)]:
+    for name, expected_layers, expected_rest in [
+        ("relu_mlp", 3, 0),
+        ("cnn", 1, 4),
+        ("residual_layernorm", 3, 2),
+    ]:
         module = NNX_MODELS[name](nnx.Rngs(0))
         op = ntkspec.ntk(module, inputs(name, 0, 2, jnp.float32))
         fn, leaves = _flat(op.apply, op.params)
@@ -126,20 +139,29 @@ def test_jacobian_blocks_split_large_leaves(monkeypatch):
     assert relative_error(op.dense("jacobian"), nnx_reference(module, x)) < 1e-8
 
 
-@pytest.mark.parametrize("bad, match", [
-    (lambda m, x: (m, x.at[0, 0].set(jnp.nan)), r"`x`: got 1 non-finite"),
-    (lambda m, x: (m, x[:0]), r"`x`: got an array of shape \(0, 5\).*non-empty batch"),
-    (lambda m, x: (m, x[:, :2]), r"`model`: got a model that fails on x"),
-    (lambda m, x: (lambda p, x: m(x)[..., None], nnx.state(m, nnx.Param), x),
-     r"`model output`: got shape \(3, 3, 1\), expected shape \(N, C\) = \(3, C\)"),
-    (lambda m, x: (lambda p, x: m(x)[0], nnx.state(m, nnx.Param), x),
-     r"`model output`: got shape \(3,\)"),
-    (lambda m, x: (lambda p, x: (m(x), m(x)), nnx.state(m, nnx.Param), x),
-     r"`model output`: got a tuple"),
-    (lambda m, x: (42, x), r"`model`: got an object of type int"),
-    (lambda m, x: (m, x, x), r"`args`: got 2 positional"),
-    (lambda m, x: (m, jnp.ones((3, 5), jnp.int32)), r"`x`: .*floating-point inputs"),
-])
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda m, x: (m, x.at[0, 0].set(jnp.nan)), r"`x`: got 1 non-finite"),
+        (lambda m, x: (m, x[:0]), r"`x`: got an array of shape \(0, 5\).*non-empty batch"),
+        (lambda m, x: (m, x[:, :2]), r"`model`: got a model that fails on x"),
+        (
+            lambda m, x: (lambda p, x: m(x)[..., None], nnx.state(m, nnx.Param), x),
+            r"`model output`: got shape \(3, 3, 1\), expected shape \(N, C\) = \(3, C\)",
+        ),
+        (
+            lambda m, x: (lambda p, x: m(x)[0], nnx.state(m, nnx.Param), x),
+            r"`model output`: got shape \(3,\)",
+        ),
+        (
+            lambda m, x: (lambda p, x: (m(x), m(x)), nnx.state(m, nnx.Param), x),
+            r"`model output`: got a tuple",
+        ),
+        (lambda m, x: (42, x), r"`model`: got an object of type int"),
+        (lambda m, x: (m, x, x), r"`args`: got 2 positional"),
+        (lambda m, x: (m, jnp.ones((3, 5), jnp.int32)), r"`x`: .*floating-point inputs"),
+    ],
+)
 def test_bad_input(bad, match):
     module = NNX_MODELS["relu_mlp"](nnx.Rngs(0))
     x = inputs("relu_mlp", 0, 3, jnp.float32)

@@ -73,6 +73,9 @@ def test_compiled_matvec_has_collectives(pair):
 def test_uneven_width_gets_a_clear_error():
     mesh = make_mesh("data=1,model=8")
     assert param_spec((784, 300), mesh) == P("model", None)
-    with pytest.raises(ValueError, match=r"shape \(300, 300\).*divisible by the model axis size 8"
-                                         r".*multiples of 8"):
+    with pytest.raises(
+        ValueError,
+        match=r"shape \(300, 300\).*divisible by the model axis size 8"
+        r".*multiples of 8",
+    ):
         shard_params({"w": jnp.zeros((300, 300))}, mesh)
