@@ -1,7 +1,8 @@
 """A synthetic sweep store (Zarr v3, the layout `ntkspec.store` writes) with known scaling laws.
 
-Width w, seed s: min test loss = 2 w^-1/2, trace ratio = 1.5 min(1, (w / w*)^-0.7), effective rank at
-the minimum = 4 min(w, w*)^0.5, with w* = `transition`; multiplicative noise of `noise` per run.
+Width (or data size) w, seed s: min test loss = 2 w^-1/2, trace ratio = 1.5 min(1, (w / w*)^-0.7),
+effective rank at the minimum = 4 min(w, w*)^0.5, with w* = `transition`; multiplicative log-normal
+noise of scale `noise` per run.
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-ARRAYS = ("epoch", "train_loss", "test_loss", "train_accuracy", "test_accuracy", "trace",
-          "trace_stderr", "entropy", "effective_rank", "cosine_entropy", "cosine_effective_rank")
+ARRAYS = (
+    "epoch",
+    "train_loss",
+    "test_loss",
+    "train_accuracy",
+    "test_accuracy",
+    "trace",
+    "trace_stderr",
+    "entropy",
+    "effective_rank",
+    "cosine_entropy",
+    "cosine_effective_rank",
+)
 
 
 def curves(width: float, rng: np.random.Generator, n_records: int, transition: float, noise: float):
@@ -30,7 +42,9 @@ def curves(width: float, rng: np.random.Generator, n_records: int, transition: f
     # T grows linearly in ln L until the minimum, so the trace ratio there is `ratio`.
     drop = np.log(train_loss[0]) - np.log(train_loss)
     trace = trace0 * (1.0 + ratio * drop / drop[i_min])
-    erank = 4.0 * min(width, transition) ** 0.5 * jitter() * (0.5 + 0.5 * progress / progress[i_min])
+    erank = (
+        4.0 * min(width, transition) ** 0.5 * jitter() * (0.5 + 0.5 * progress / progress[i_min])
+    )
     return {
         "epoch": epoch,
         "train_loss": train_loss,
@@ -48,41 +62,64 @@ def curves(width: float, rng: np.random.Generator, n_records: int, transition: f
 
 def write_sweep(
     path: Path,
-    widths=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+    kind: str = "width",
+    values=(16, 32, 64, 128, 256, 512, 1024, 2048, 4096),
     seeds=(0, 1, 2, 3),
     n_records: int = 40,
     transition: float = 700.0,
     noise: float = 0.05,
 ) -> Path:
-    """Write a width sweep; also one diverged run and one still running (both to be skipped)."""
+    """Write a sweep; also one diverged run and one still running (both to be skipped).
+
+    For kind "data_size" the `values` are used as training-set sizes (runs `n{size}_s{seed}`)
+    and the width is fixed at 256.
+    """
     rng = np.random.default_rng(0)
     root = zarr.open_group(str(path), mode="w")
-    root.attrs.update({
-        "config": {"kind": "width", "dataset": "synthetic", "depth": 3},
-        "versions": {"ntkspec": "test"},
-        "created": "2026-01-01T00:00:00Z",
-    })
+    root.attrs.update(
+        {
+            "config": {"kind": kind, "dataset": "synthetic", "depth": 3},
+            "versions": {"ntkspec": "test"},
+            "created": "2026-01-01T00:00:00Z",
+        }
+    )
     capacity = n_records + 5  # arrays are preallocated; only n_records entries are valid
-    runs = [(w, s, "complete") for w in widths for s in seeds]
-    runs += [(widths[-1], max(seeds) + 1, "diverged"), (widths[0], max(seeds) + 1, "running")]
-    for width, seed, status in runs:
+    runs = [(w, s, "complete") for w in values for s in seeds]
+    runs += [(values[-1], max(seeds) + 1, "diverged"), (values[0], max(seeds) + 2, "running")]
+    for value, seed, status in runs:
         valid = n_records if status == "complete" else n_records // 4
-        group = root.create_group(f"w{width}_s{seed}")
-        records = curves(width, rng, n_records, transition, noise)
+        width, n_train = (value, 100) if kind == "width" else (256, value)
+        group = root.create_group(f"w{width}_s{seed}" if kind == "width" else f"n{n_train}_s{seed}")
+        records = curves(value, rng, n_records, transition, noise)
         if status == "diverged":
             records["test_loss"][valid - 1] = np.nan
         for name in ARRAYS:
             array = group.create_array(
-                name, shape=(capacity,), dtype="float64", fill_value=np.nan,
+                name,
+                shape=(capacity,),
+                dtype="float64",
+                fill_value=np.nan,
                 dimension_names=("record",),
             )
             array[:valid] = records[name][:valid]
-        top = group.create_array("top_eigenvalues", shape=(capacity, 4), dtype="float64",
-                                 fill_value=np.nan, dimension_names=("record", "k"))
+        top = group.create_array(
+            "top_eigenvalues",
+            shape=(capacity, 4),
+            dtype="float64",
+            fill_value=np.nan,
+            dimension_names=("record", "k"),
+        )
         top[:valid] = np.outer(records["trace"][:valid], [0.5, 0.2, 0.1, 0.05])
-        group.attrs.update({
-            "status": status, "width": width, "depth": 3, "seed": seed, "dataset": "synthetic",
-            "n_train": 100, "message": "loss became NaN" if status == "diverged" else "",
-            "n_records": valid,
-        })
+        group.attrs.update(
+            {
+                "status": status,
+                "width": width,
+                "depth": 3,
+                "seed": seed,
+                "dataset": "synthetic",
+                "n_train": n_train,
+                "message": "loss became NaN" if status == "diverged" else "",
+                "n_records": valid,
+            }
+        )
     return path
