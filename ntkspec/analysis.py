@@ -29,7 +29,7 @@ import json
 import math
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from numpy.typing import ArrayLike
@@ -181,14 +181,13 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int = 20) -> RunSum
 # ------------------------------------------------------------------------------- across seeds
 
 
-class Ensemble:
+class Ensemble(NamedTuple):
     """Mean, standard error (std / sqrt(count), ddof = 1) and count of the finite values per x."""
 
-    def __init__(self, x: np.ndarray, mean: np.ndarray, stderr: np.ndarray, count: np.ndarray):
-        self.x, self.mean, self.stderr, self.count = x, mean, stderr, count
-
-    def __repr__(self) -> str:
-        return f"Ensemble(x={self.x}, mean={self.mean}, stderr={self.stderr}, count={self.count})"
+    x: np.ndarray  # (groups,) ascending
+    mean: np.ndarray  # (groups,)
+    stderr: np.ndarray  # (groups,)
+    count: np.ndarray  # (groups,) int
 
 
 def ensemble(x: ArrayLike, y: ArrayLike) -> Ensemble:

@@ -109,6 +109,10 @@ def write_sweep(
             fill_value=np.nan,
             dimension_names=("record", "k"),
         )
+        method = group.create_array(
+            "method", shape=(capacity,), dtype=str, fill_value="", dimension_names=("record",)
+        )
+        method[:valid] = np.full(valid, "exact")
         top[:valid] = np.outer(records["trace"][:valid], [0.5, 0.2, 0.1, 0.05])
         group.attrs.update(
             {

@@ -176,6 +176,7 @@ def test_read_store_cuts_records(store):
     assert sweep.runs["w16_s0"].records["trace"].shape == (40,)
     assert sweep.runs["w16_s4"].status == "running"
     assert sweep.runs["w16_s4"].records["top_eigenvalues"].shape == (10, 4)
+    assert list(sweep.runs["w16_s0"].records["method"]) == ["exact"] * 40
 
 
 def test_analyze_store_skips_and_fits(store, tmp_path):
