@@ -49,6 +49,14 @@ QUANTITIES: dict[str, str] = {
     "adaptation_rate_at_min": "dT/dlnL",
 }
 
+#: Quantities fitted with a power law against width (or data size).
+FITTED = (
+    "min_test_loss",
+    "trace0",
+    "adaptation_rate_at_min",
+    "effective_rank_at_min",
+    "trace_ratio",
+)
 _REQUIRED = ("epoch", "train_loss", "test_loss", "trace", "effective_rank")
 _KINDS = {"width": "width", "data_size": "n_train"}
 
@@ -542,9 +550,9 @@ class Analysis:
 
     `fits` holds power laws by quantity (loss and T0 over all groups; effective rank below its
     breakpoint; trace ratio above its breakpoint; the adaptation rate times `adaptation_sign`, i.e.
-    -dT/dlnL where the rate is negative on average). `breakpoints` holds "effective_rank",
+    -dT/dlnL where the rate is negative on average). `breakpoints` holds "effective_rank_at_min",
     "trace_ratio" and "transition" (both series with one shared breakpoint: the transition width).
-    `not_fitted` says why a fit is missing.
+    `not_fitted` says why a fit is missing, keyed "fit <quantity>" or "breakpoint <name>".
     """
 
     sweep: Sweep
@@ -691,33 +699,30 @@ def _fit_all(
     """Power laws and breakpoints over the runs; a fit that cannot be made is reported in `why`."""
     fits, breaks, why = {}, {}, {}
 
-    def attempt(name, fit, y, **kwargs):
+    def attempt(label, fit, y, **kwargs):
         try:
             return fit(x, y, seeds, n_boot=n_boot, rng=rng, **kwargs)
         except ValueError as error:
-            why[name] = str(error)
+            why[label] = str(error)
             return None
 
     erank, ratio = values["effective_rank_at_min"], values["trace_ratio"]
     for name, y in (
-        ("effective_rank", erank),
+        ("effective_rank_at_min", erank),
         ("trace_ratio", ratio),
         ("transition", np.stack([erank, ratio], axis=1)),
     ):
-        found = attempt(name, fit_breakpoint, y)
+        found = attempt(f"breakpoint {name}", fit_breakpoint, y)
         if found is not None:
             breaks[name] = found
-    plans = {
-        "min_test_loss": {},
-        "trace0": {},
-        "adaptation_rate_at_min": {},
-        "effective_rank_at_min": {"x_max": breaks["effective_rank"].x}
-        if "effective_rank" in breaks
-        else {},
-        "trace_ratio": {"x_min": breaks["trace_ratio"].x} if "trace_ratio" in breaks else {},
-    }
-    for name, limits in plans.items():
-        found = attempt(name, fit_power_law, values[name], **limits)
+    # The effective rank follows its power law below its breakpoint, the trace ratio above its own.
+    limits: dict[str, dict[str, float]] = {}
+    if "effective_rank_at_min" in breaks:
+        limits["effective_rank_at_min"] = {"x_max": breaks["effective_rank_at_min"].x}
+    if "trace_ratio" in breaks:
+        limits["trace_ratio"] = {"x_min": breaks["trace_ratio"].x}
+    for name in FITTED:
+        found = attempt(f"fit {name}", fit_power_law, values[name], **limits.get(name, {}))
         if found is not None:
             fits[name] = found
     return fits, breaks, why

@@ -189,7 +189,7 @@ def transition_figure(analysis: Analysis) -> Figure:
     symbol = _SYMBOL[analysis.x_name]
     panels = (
         ("trace_ratio", r"trace ratio $(T_{\min} - T_0) / T_0$", 1, "trace_ratio"),
-        ("effective_rank_at_min", "effective rank at minimum", 0, "effective_rank"),
+        ("effective_rank_at_min", "effective rank at minimum", 0, "effective_rank_at_min"),
     )
     joint = analysis.transition
     for ax, (key, label, series, own) in zip(axes, panels, strict=True):

@@ -33,7 +33,7 @@ def test_figures_of_a_data_size_sweep(tmp_path):
         tmp_path / "data.zarr", kind="data_size", values=(50, 100, 200), seeds=(0,), n_records=8
     )
     analysis = analyze_store(store, n_boot=10)
-    assert "transition" in analysis.not_fitted  # three sizes are too few for a breakpoint
+    assert "breakpoint transition" in analysis.not_fitted  # three sizes are too few for one
     for build in (dynamics_figure, scaling_figure, transition_figure):
         figure = build(analysis)
         assert isinstance(figure, Figure)
