@@ -449,7 +449,7 @@ class Sweep:
 
     @property
     def kind(self) -> str:
-        """ "width" or "data_size"."""
+        """The sweep's kind: "width" or "data_size"."""
         return str(self.config.get("kind"))
 
     @property
@@ -496,7 +496,10 @@ def read_store(path: str | Path) -> Sweep:
 
 @dataclasses.dataclass(frozen=True)
 class Table:
-    """Rows of per-group statistics (one dict per width or data size), with `columns` in order."""
+    """Rows of per-group statistics (one dict per width or data size), with `columns` in order.
+
+    Each row: the width (or `n_train`), `runs` analysed, `diverged`, `incomplete` (still running, or
+    complete but unusable), then every quantity of `QUANTITIES` and its standard error `<name>_se`."""
 
     columns: list[str]
     rows: list[dict[str, float | int]]
@@ -629,28 +632,27 @@ def analyze_store(
     runs, summaries, skipped = [], {}, []
     for run in sweep.runs.values():
         if run.status != "complete":
-            skipped.append(
-                {
-                    "name": run.name,
-                    "status": run.status,
-                    "message": str(run.attrs.get("message", "")),
-                }
-            )
+            message = str(run.attrs.get("message", ""))
+            skipped.append({"name": run.name, "status": run.status, "message": message})
             continue
         try:
+            if x_name not in run.attrs or "seed" not in run.attrs:
+                raise bad_value(
+                    f"attributes of run {run.name}", sorted(run.attrs), f"{x_name!r} and 'seed'"
+                )
             summaries[run.name] = run_summary(run.records, window=window)
         except ValueError as error:
             skipped.append({"name": run.name, "status": "unusable", "message": str(error)})
             continue
         runs.append(run)
-    table = _table(sweep, runs, summaries, skipped)
+    x = np.array([float(r.attrs[x_name]) for r in runs])
     values = {
         q: np.array([getattr(summaries[r.name], q) for r in runs], dtype=np.float64)
         for q in QUANTITIES
     }
+    table = _table(sweep, x, values, skipped)
     sign = _sign(values["adaptation_rate_at_min"])
     if runs:
-        x = np.array([float(r.attrs[x_name]) for r in runs])
         seeds = np.array([r.seed for r in runs])
         fitted = {**values, "adaptation_rate_at_min": sign * values["adaptation_rate_at_min"]}
         fits, breaks, why = _fit_all(x, fitted, seeds, _rng(rng), n_boot)
@@ -660,25 +662,22 @@ def analyze_store(
 
 
 def _table(
-    sweep: Sweep, runs: list[Run], summaries: dict[str, RunSummary], skipped: list[dict[str, str]]
+    sweep: Sweep, x: np.ndarray, values: dict[str, np.ndarray], skipped: list[dict[str, str]]
 ) -> Table:
+    """One row per width (or size): runs analysed, diverged, otherwise skipped; mean ± s.e."""
     x_name = sweep.x_name
-    x = np.array([float(r.attrs[x_name]) for r in runs])
-    stats = {q: ensemble(x, [getattr(summaries[r.name], q) for r in runs]) for q in QUANTITIES}
-    skipped_x = {s["name"]: sweep.runs[s["name"]].attrs.get(x_name) for s in skipped}
-    groups = sorted({*x.tolist(), *(float(v) for v in skipped_x.values() if v is not None)})
+    stats = {q: ensemble(x, y) for q, y in values.items()}
+    lost: dict[float, dict[str, int]] = {}
+    for entry in skipped:
+        value = sweep.runs[entry["name"]].attrs.get(x_name)
+        if value is not None:
+            counts = lost.setdefault(float(value), {"diverged": 0, "incomplete": 0})
+            counts["diverged" if entry["status"] == "diverged" else "incomplete"] += 1
     rows = []
-    for g in groups:
+    for g in sorted({*x.tolist(), *lost}):
         row: dict[str, float | int] = {x_name: int(g) if float(g).is_integer() else g}
         row["runs"] = int(np.sum(x == g))
-        for label, status in (("diverged", "diverged"), ("incomplete", None)):
-            row[label] = sum(
-                1
-                for s in skipped
-                if skipped_x[s["name"]] is not None
-                and float(skipped_x[s["name"]]) == g
-                and (s["status"] == status if status else s["status"] != "diverged")
-            )
+        row.update(lost.get(g, {"diverged": 0, "incomplete": 0}))
         for q, e in stats.items():
             hit = np.flatnonzero(e.x == g)
             row[q] = float(e.mean[hit[0]]) if hit.size else math.nan

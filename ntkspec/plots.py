@@ -15,6 +15,7 @@ import matplotlib.ticker as mticker
 import numpy as np
 from matplotlib.colors import BoundaryNorm, ListedColormap
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from ntkspec._errors import bad_value
 from ntkspec.analysis import Analysis, Breakpoint, PowerLaw, Run, adaptation_rate, analyze_store
@@ -104,28 +105,14 @@ def dynamics_figure(analysis: Analysis, window: int = 20) -> Figure:
     for value, runs in groups.items():
         mean = _seed_mean(runs, window)
         mean["rate"] = sign * mean["rate"]
-        i_min = int(
-            np.argmin(
-                np.abs(
-                    mean["epoch"] - np.mean([analysis.summaries[r.name].min_epoch for r in runs])
-                )
-            )
-        )
+        min_epoch = np.mean([analysis.summaries[r.name].min_epoch for r in runs])
+        i_min = int(np.argmin(np.abs(mean["epoch"] - min_epoch)))
         loss = np.exp(mean["log_train_loss"])
+        dot = {"color": colors[value], "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
         for col, (key, _) in enumerate(quantities):
             for row, x in enumerate((mean["epoch"], loss)):
-                ax = axes[row, col]
-                ax.plot(x, mean[key], color=colors[value])
-                ax.plot(
-                    x[i_min],
-                    mean[key][i_min],
-                    "o",
-                    color=colors[value],
-                    mec="k",
-                    mew=0.5,
-                    ms=3.5,
-                    zorder=3,
-                )
+                axes[row, col].plot(x, mean[key], color=colors[value])
+                axes[row, col].plot(x[i_min], mean[key][i_min], "o", **dot)
     for col, (_, label) in enumerate(quantities):
         for row in range(2):
             axes[row, col].set_yscale("log")
@@ -136,6 +123,8 @@ def dynamics_figure(analysis: Analysis, window: int = 20) -> Figure:
         axes[1, col].set_xlabel("train loss (→ training)")
         axes[0, col].set_xlim(left=0.0)
     axes[1, 0].invert_xaxis()  # shared within the row: time runs left to right
+    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
+    axes[0, 0].legend([marker], ["minimum test loss"], loc="upper left")
     _tidy(axes.ravel())
     _colorbar(figure, axes, analysis, list(groups))
     return figure

@@ -226,3 +226,13 @@ def test_store_errors(tmp_path):
     zarr.open_group(str(tmp_path / "bare.zarr"), mode="w").attrs["config"] = {"dataset": "x"}
     with pytest.raises(ValueError, match="kind"):
         read_store(tmp_path / "bare.zarr")
+
+
+def test_complete_run_without_finite_test_loss_is_skipped(tmp_path):
+    store = write_sweep(tmp_path / "nan.zarr", values=(16, 32), seeds=(0,), n_records=8)
+    zarr.open_group(str(store / "w16_s0"), mode="r+")["test_loss"][:] = np.nan
+    a = analyze_store(store, n_boot=10)
+    unusable = [s for s in a.skipped if s["status"] == "unusable"]
+    assert [s["name"] for s in unusable] == ["w16_s0"] and "test_loss" in unusable[0]["message"]
+    assert a.table.rows[0]["runs"] == 0 and a.table.rows[0]["incomplete"] == 2
+    assert "fit min_test_loss" in a.not_fitted  # one width left: no power law
