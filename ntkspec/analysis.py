@@ -499,7 +499,8 @@ class Table:
     """Rows of per-group statistics (one dict per width or data size), with `columns` in order.
 
     Each row: the width (or `n_train`), `runs` analysed, `diverged`, `incomplete` (still running, or
-    complete but unusable), then every quantity of `QUANTITIES` and its standard error `<name>_se`."""
+    complete but unusable), then every quantity of `QUANTITIES` and its standard error `<name>_se`.
+    """
 
     columns: list[str]
     rows: list[dict[str, float | int]]
