@@ -583,6 +583,31 @@ class Analysis:
         y = np.array([getattr(self.summaries[r.name], quantity) for r in self.runs], dtype=float)
         return x, y, np.array([r.seed for r in self.runs])
 
+    def to_markdown(self) -> str:
+        """The table, then the fits, the breakpoints and the skipped runs, as Markdown."""
+        symbol = {"width": "w", "n_train": "n"}[self.x_name]
+        lines = [self.table.to_markdown(), ""]
+        for name, fit in self.fits.items():
+            span = f"{fit.x_min:g}-{fit.x_max:g}"
+            flipped = (
+                " (of -dT/dlnL)"
+                if name == "adaptation_rate_at_min" and self.adaptation_sign < 0
+                else ""
+            )
+            lines.append(f"- {name}{flipped}: {fit.label(symbol)}, fitted on {symbol} = {span}")
+        for name, found in self.breakpoints.items():
+            slopes = ", ".join(
+                f"{left:.2f} -> {right:.2f}"
+                for left, right in zip(found.slopes_left, found.slopes_right, strict=True)
+            )
+            lines.append(f"- breakpoint {name}: {found.label(symbol)}, log-log slopes {slopes}")
+        lines += [f"- not fitted, {name}: {why}" for name, why in self.not_fitted.items()]
+        lines += [
+            f"- skipped {s['name']} ({s['status']})" + (f": {s['message']}" if s["message"] else "")
+            for s in self.skipped
+        ]
+        return "\n".join(lines)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (NaN as null)."""
         return _jsonable(

@@ -196,6 +196,8 @@ def test_analyze_store_skips_and_fits(store, tmp_path):
     assert a.adaptation_sign == -1.0
     markdown = a.table.to_markdown()
     assert markdown.startswith("| width | runs |") and markdown.count("\n") == 10
+    report = a.to_markdown()
+    assert "- breakpoint transition: w* = " in report and "skipped w4096_s3 (diverged)" in report
     console = Console(record=True, width=200)
     console.print(a.table.to_rich(title="mlp"))
     assert "4096" in console.export_text()
