@@ -58,7 +58,12 @@ FITTED = (
     "trace_ratio",
 )
 _REQUIRED = ("epoch", "train_loss", "test_loss", "trace", "effective_rank")
-_KINDS = {"width": "width", "data_size": "n_train"}
+#: The run attribute each kind of sweep varies.
+_KINDS = {"width": "width", "data_size": "n_train", "noise": "noise_fraction"}
+#: Symbols of the swept quantities, for labels.
+SYMBOLS = {"width": "w", "n_train": "n", "noise_fraction": "p"}
+#: Kinds whose swept value is positive and scales: fitted with power laws in log-log space.
+LOG_KINDS = ("width", "data_size")
 
 
 # --------------------------------------------------------------------------------------- one run
@@ -449,12 +454,12 @@ class Sweep:
 
     @property
     def kind(self) -> str:
-        """The sweep's kind: "width" or "data_size"."""
+        """The sweep's kind: "width", "data_size" or "noise"."""
         return str(self.config.get("kind"))
 
     @property
     def x_name(self) -> str:
-        """The run attribute the sweep varies: "width" or "n_train"."""
+        """The run attribute the sweep varies: "width", "n_train" or "noise_fraction"."""
         return _KINDS[self.kind]
 
 
@@ -462,7 +467,8 @@ def read_store(path: str | Path) -> Sweep:
     """Read a sweep's Zarr v3 group (read-only): every run's attributes and valid records.
 
     Only the first `n_records` entries of each array are valid (a run still being written, or a
-    diverged one, stops early); without that attribute the whole array is taken.
+    diverged one, stops early); without that attribute the whole array is taken. A run whose
+    metadata cannot be read (a writer killed mid-write) gets status "unreadable" and no records.
     """
     import zarr
 
@@ -480,15 +486,23 @@ def read_store(path: str | Path) -> Sweep:
             "Was the store written by `ntkspec sweep`?",
         )
     runs = {}
-    for name, sub in sorted(group.groups()):
-        run_attrs = dict(sub.attrs)
-        records = {}
-        for array_name, array in sub.arrays():
-            data = array[...]
-            n = int(run_attrs.get("n_records", data.shape[0]))
-            records[array_name] = np.asarray(data[: min(max(n, 0), data.shape[0])])
-        runs[name] = Run(name, run_attrs, records)
+    # Runs are listed from the directory, not `group.groups()`, which fails on one broken child.
+    for name in sorted(meta.parent.name for meta in path.glob("*/zarr.json")):
+        try:
+            runs[name] = _read_run(zarr.open_group(str(path), path=name, mode="r"), name)
+        except (OSError, ValueError) as error:
+            runs[name] = Run(name, {"status": "unreadable", "message": str(error)}, {})
     return Sweep(path, attrs, runs)
+
+
+def _read_run(group, name: str) -> Run:
+    attrs = dict(group.attrs)
+    records = {}
+    for array_name, array in group.arrays():
+        data = array[...]
+        n = int(attrs.get("n_records", data.shape[0]))
+        records[array_name] = np.asarray(data[: min(max(n, 0), data.shape[0])])
+    return Run(name, attrs, records)
 
 
 # ------------------------------------------------------------------------------------ a table
@@ -583,9 +597,26 @@ class Analysis:
         y = np.array([getattr(self.summaries[r.name], quantity) for r in self.runs], dtype=float)
         return x, y, np.array([r.seed for r in self.runs])
 
+    def __repr__(self) -> str:
+        found = self.transition
+        return (
+            f"Analysis(store={str(self.sweep.path)!r}, kind={self.sweep.kind!r}, "
+            f"runs={len(self.runs)}, skipped={len(self.skipped)}, fits={list(self.fits)}, "
+            f"transition={found.label(SYMBOLS[self.x_name]) if found else None!r})"
+        )
+
+    def __rich__(self):
+        """Rich renderable: the table, then the fits, breakpoints and skipped runs as Markdown."""
+        from rich.console import Group
+        from rich.markdown import Markdown
+
+        title = f"{self.sweep.path.name}: {self.sweep.kind} sweep, {len(self.runs)} runs"
+        notes = self.to_markdown().split("\n\n", 1)[1]
+        return Group(self.table.to_rich(title=title), Markdown(notes))
+
     def to_markdown(self) -> str:
         """The table, then the fits, the breakpoints and the skipped runs, as Markdown."""
-        symbol = {"width": "w", "n_train": "n"}[self.x_name]
+        symbol = SYMBOLS[self.x_name]
         lines = [self.table.to_markdown(), ""]
         for name, fit in self.fits.items():
             span = f"{fit.x_min:g}-{fit.x_max:g}"
@@ -678,7 +709,9 @@ def analyze_store(
     }
     table = _table(sweep, x, values, skipped)
     sign = _sign(values["adaptation_rate_at_min"])
-    if runs:
+    if sweep.kind not in LOG_KINDS:
+        fits, breaks, why = {}, {}, {"all": f"{sweep.kind!r} sweeps get no log-log fits"}
+    elif runs:
         seeds = np.array([r.seed for r in runs])
         fitted = {**values, "adaptation_rate_at_min": sign * values["adaptation_rate_at_min"]}
         fits, breaks, why = _fit_all(x, fitted, seeds, _rng(rng), n_boot)

@@ -18,7 +18,16 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ntkspec._errors import bad_value
-from ntkspec.analysis import Analysis, Breakpoint, PowerLaw, Run, adaptation_rate, analyze_store
+from ntkspec.analysis import (
+    LOG_KINDS,
+    SYMBOLS,
+    Analysis,
+    Breakpoint,
+    PowerLaw,
+    Run,
+    adaptation_rate,
+    analyze_store,
+)
 
 STYLE = {
     "font.size": 8,
@@ -40,8 +49,11 @@ STYLE = {
     "pdf.fonttype": 42,
 }
 WIDTH_IN = 7.0
-_AXIS = {"width": "width (hidden units per layer)", "n_train": "training samples"}
-_SYMBOL = {"width": "w", "n_train": "n"}
+_AXIS = {
+    "width": "width (hidden units per layer)",
+    "n_train": "training samples",
+    "noise_fraction": "noisy-copy fraction",
+}
 
 
 def plot_store(
@@ -148,14 +160,14 @@ def scaling_figure(analysis: Analysis) -> Figure:
         ("adaptation_rate_at_min", ("−" if sign < 0 else "") + "dT / d ln L at minimum", sign),
         ("effective_rank_at_min", "effective rank at minimum", 1.0),
     )
-    symbol = _SYMBOL[analysis.x_name]
+    symbol = SYMBOLS[analysis.x_name]
     for ax, (key, label, factor) in zip(axes, panels, strict=True):
         _points(ax, analysis, key, factor, "C0", "mean ± s.e.")
         _power_law(ax, analysis.fits.get(key), symbol)
         ax.set_ylabel(label)
     _points(axes[3], analysis, "cosine_effective_rank_at_min", 1.0, "C1", "cosine NTK", marker="s")
     for ax in axes:
-        ax.set_xscale("log")
+        ax.set_xscale(_x_scale(analysis))
         ax.set_yscale("log")
         ax.legend(loc="best")
     for ax in axes[2:]:
@@ -175,7 +187,7 @@ def transition_figure(analysis: Analysis) -> Figure:
     """
     figure = Figure(figsize=(WIDTH_IN, 2.7), layout="constrained")
     axes = figure.subplots(1, 2, sharex=True)
-    symbol = _SYMBOL[analysis.x_name]
+    symbol = SYMBOLS[analysis.x_name]
     panels = (
         ("trace_ratio", r"trace ratio $(T_{\min} - T_0) / T_0$", 1, "trace_ratio"),
         ("effective_rank_at_min", "effective rank at minimum", 0, "effective_rank_at_min"),
@@ -186,7 +198,7 @@ def transition_figure(analysis: Analysis) -> Figure:
         fit, index = (joint, series) if joint is not None else (analysis.breakpoints.get(own), 0)
         if fit is not None:
             _breakpoint(ax, fit, index, analysis, symbol)
-        ax.set_xscale("log")
+        ax.set_xscale(_x_scale(analysis))
         ax.set_yscale("log")
         ax.set_xlabel(_AXIS[analysis.x_name])
         ax.set_ylabel(label)
@@ -196,6 +208,11 @@ def transition_figure(analysis: Analysis) -> Figure:
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _x_scale(analysis: Analysis) -> str:
+    """Log for widths and data sizes; linear for fractions (which may be 0)."""
+    return "log" if analysis.sweep.kind in LOG_KINDS else "linear"
 
 
 def _groups(analysis: Analysis) -> tuple[dict[float, list[Run]], dict[float, tuple]]:

@@ -71,8 +71,9 @@ def write_sweep(
 ) -> Path:
     """Write a sweep; also one diverged run and one still running (both to be skipped).
 
-    For kind "data_size" the `values` are used as training-set sizes (runs `n{size}_s{seed}`)
-    and the width is fixed at 256.
+    For kind "data_size" the `values` are training-set sizes (runs `n{size}_s{seed}`), for kind
+    "noise" noisy-copy fractions (runs `p{percent}_s{seed}`, curves of width 256); the width is
+    then fixed at 256.
     """
     rng = np.random.default_rng(0)
     root = zarr.open_group(str(path), mode="w")
@@ -88,9 +89,18 @@ def write_sweep(
     runs += [(values[-1], max(seeds) + 1, "diverged"), (values[0], max(seeds) + 2, "running")]
     for value, seed, status in runs:
         valid = n_records if status == "complete" else n_records // 4
-        width, n_train = (value, 100) if kind == "width" else (256, value)
-        group = root.create_group(f"w{width}_s{seed}" if kind == "width" else f"n{n_train}_s{seed}")
-        records = curves(value, rng, n_records, transition, noise)
+        width, n_train, fraction = {
+            "width": (value, 100, 0.0),
+            "data_size": (256, value, 0.0),
+            "noise": (256, 100, value),
+        }[kind]
+        label = {
+            "width": f"w{width}",
+            "data_size": f"n{n_train}",
+            "noise": f"p{round(100 * value)}",
+        }
+        group = root.create_group(f"{label[kind]}_s{seed}")
+        records = curves(width if kind == "noise" else value, rng, n_records, transition, noise)
         if status == "diverged":
             records["test_loss"][valid - 1] = np.nan
         for name in ARRAYS:
@@ -122,6 +132,7 @@ def write_sweep(
                 "seed": seed,
                 "dataset": "synthetic",
                 "n_train": n_train,
+                "noise_fraction": fraction,
                 "message": "loss became NaN" if status == "diverged" else "",
                 "n_records": valid,
             }

@@ -201,6 +201,8 @@ def test_analyze_store_skips_and_fits(store, tmp_path):
     console = Console(record=True, width=200)
     console.print(a.table.to_rich(title="mlp"))
     assert "4096" in console.export_text()
+    console.print(a)  # the whole analysis renders through `__rich__`
+    assert "breakpoint transition" in console.export_text()
     csv_path, json_path = a.write(tmp_path)
     assert csv_path.read_text().splitlines()[0].startswith("width,runs,diverged,incomplete")
     saved = json.loads(json_path.read_text())
@@ -238,3 +240,21 @@ def test_complete_run_without_finite_test_loss_is_skipped(tmp_path):
     assert [s["name"] for s in unusable] == ["w16_s0"] and "test_loss" in unusable[0]["message"]
     assert a.table.rows[0]["runs"] == 0 and a.table.rows[0]["incomplete"] == 2
     assert "fit min_test_loss" in a.not_fitted  # one width left: no power law
+
+
+def test_noise_sweep_is_tabulated_not_fitted(tmp_path):
+    path = write_sweep(
+        tmp_path / "noise.zarr", kind="noise", values=(0.0, 0.5), seeds=(0,), n_records=8
+    )
+    a = analyze_store(path, n_boot=10)
+    assert a.x_name == "noise_fraction" and [r["noise_fraction"] for r in a.table.rows] == [0, 0.5]
+    assert a.fits == {} and "all" in a.not_fitted
+
+
+def test_unreadable_run_is_skipped(tmp_path):
+    store = write_sweep(tmp_path / "torn.zarr", values=(16, 32), seeds=(0,), n_records=8)
+    (store / "w32_s0" / "zarr.json").write_text("{torn")
+    a = analyze_store(store, n_boot=10)
+    statuses = {entry["name"]: entry["status"] for entry in a.skipped}
+    assert statuses == {"w32_s0": "unreadable", "w32_s1": "diverged", "w16_s2": "running"}
+    assert [r.name for r in a.runs] == ["w16_s0"]

@@ -28,17 +28,22 @@ def test_plot_store_writes_png_and_pdf(tmp_path):
         assert path.stat().st_size > 10_000
 
 
-def test_figures_of_a_data_size_sweep(tmp_path):
-    store = write_sweep(
-        tmp_path / "data.zarr", kind="data_size", values=(50, 100, 200), seeds=(0,), n_records=8
-    )
+@pytest.mark.parametrize(
+    ("kind", "values", "label"),
+    [
+        ("data_size", (50, 100, 200), "training samples"),
+        ("noise", (0.0, 0.5), "noisy-copy fraction"),
+    ],
+)
+def test_figures_of_other_sweeps(tmp_path, kind, values, label):
+    store = write_sweep(tmp_path / "s.zarr", kind=kind, values=values, seeds=(0,), n_records=8)
     analysis = analyze_store(store, n_boot=10)
-    assert "breakpoint transition" in analysis.not_fitted  # three sizes are too few for one
+    assert not analysis.breakpoints  # too few sizes for a breakpoint; none for noise sweeps
     for build in (dynamics_figure, scaling_figure, transition_figure):
         figure = build(analysis)
         assert isinstance(figure, Figure)
-        labels = [label for ax in figure.axes for label in (ax.get_xlabel(), ax.get_ylabel())]
-        assert "training samples" in labels
+        labels = [text for ax in figure.axes for text in (ax.get_xlabel(), ax.get_ylabel())]
+        assert label in labels
 
 
 def test_plot_store_without_complete_runs(tmp_path):
