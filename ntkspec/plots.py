@@ -1,13 +1,14 @@
-"""Figures of a width (or data-size) sweep, from an `Analysis`: dynamics, scaling laws, transition.
+"""Figures of a width (or data-size, or noise) sweep, from an `Analysis`: dynamics, scaling laws, transition.
 
 Every figure is a `matplotlib.figure.Figure` built directly (no pyplot, so no global figure state);
-the style is applied with `matplotlib.rc_context` only while a figure is drawn and saved. Sizes are
+the style `STYLE` is applied with `matplotlib.rc_context` only while a figure is built and saved. Sizes are
 for a two-column paper page (7 in wide), all text at 8 pt or more.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import matplotlib as mpl
@@ -56,6 +57,17 @@ _AXIS = {
 }
 
 
+def _styled(build: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build the figure under `STYLE` (fonts and line widths are fixed when artists are made)."""
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs) -> Figure:
+        with mpl.rc_context(STYLE):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
 def plot_store(
     path: str | Path,
     out_dir: str | Path,
@@ -98,6 +110,7 @@ def plot_store(
 # ---------------------------------------------------------------------------------- dynamics
 
 
+@_styled
 def dynamics_figure(analysis: Analysis, window: int = 20) -> Figure:
     """Seed-mean trace, adaptation rate and effective rank vs epoch (top) and train loss (bottom).
 
@@ -145,6 +158,7 @@ def dynamics_figure(analysis: Analysis, window: int = 20) -> Figure:
 # ----------------------------------------------------------------------------------- scaling
 
 
+@_styled
 def scaling_figure(analysis: Analysis) -> Figure:
     """Min test loss, T0, adaptation rate and effective rank at the minimum vs width (or data size).
 
@@ -179,6 +193,7 @@ def scaling_figure(analysis: Analysis) -> Figure:
 # -------------------------------------------------------------------------------- transition
 
 
+@_styled
 def transition_figure(analysis: Analysis) -> Figure:
     """Trace ratio and effective rank vs width, with the fitted breakpoint and its bootstrap CI.
 
