@@ -1,8 +1,8 @@
-"""Figures of a width (or data-size, or noise) sweep, from an `Analysis`: dynamics, scaling laws, transition.
+"""Figures of a sweep (width, data size or noise): dynamics, scaling laws, transition.
 
 Every figure is a `matplotlib.figure.Figure` built directly (no pyplot, so no global figure state);
-the style `STYLE` is applied with `matplotlib.rc_context` only while a figure is built and saved. Sizes are
-for a two-column paper page (7 in wide), all text at 8 pt or more.
+the style `STYLE` is applied with `matplotlib.rc_context` only while a figure is built and saved.
+Sizes are for a two-column paper page (7 in wide), all text at 8 pt or more.
 """
 
 from __future__ import annotations
