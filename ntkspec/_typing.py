@@ -10,7 +10,7 @@ from jaxtyping import Array, Float, PRNGKeyArray
 
 PyTree: TypeAlias = Any
 Params: TypeAlias = PyTree
-Inputs: TypeAlias = Float[Array, "N *features"]
+Inputs: TypeAlias = Float[Array, " N *features"]
 Outputs: TypeAlias = Float[Array, "N C"]
 ApplyFn: TypeAlias = Callable[[Params, Inputs], Outputs]
 Vector: TypeAlias = Float[Array, " n"]

@@ -1,0 +1,1 @@
+"""ntkspec benchmarks: run as `python -m benchmarks run` (see benchmarks/README in RESULTS.md)."""

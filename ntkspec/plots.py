@@ -1,0 +1,383 @@
+"""Figures of a sweep (width, data size or noise): dynamics, scaling laws, transition.
+
+Every figure is a `matplotlib.figure.Figure` built directly (no pyplot, so no global figure state);
+the style `STYLE` is applied with `matplotlib.rc_context` only while a figure is built and saved.
+Sizes are for a two-column paper page (7 in wide), all text at 8 pt or more.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import matplotlib as mpl
+import matplotlib.ticker as mticker
+import numpy as np
+from matplotlib.colors import BoundaryNorm, ListedColormap
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from ntkspec._errors import bad_value
+from ntkspec.analysis import (
+    LOG_KINDS,
+    SYMBOLS,
+    Analysis,
+    Breakpoint,
+    PowerLaw,
+    Run,
+    adaptation_rate,
+    analyze_store,
+)
+
+STYLE = {
+    "font.size": 8,
+    "axes.labelsize": 8,
+    "axes.titlesize": 9,
+    "legend.fontsize": 8,
+    "xtick.labelsize": 8,
+    "ytick.labelsize": 8,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "axes.grid": True,
+    "grid.alpha": 0.25,
+    "grid.linewidth": 0.5,
+    "lines.linewidth": 1.2,
+    "lines.markersize": 4,
+    "legend.frameon": False,
+    "savefig.bbox": "tight",
+    "savefig.pad_inches": 0.03,
+    "pdf.fonttype": 42,
+}
+WIDTH_IN = 7.0
+_AXIS = {
+    "width": "width (hidden units per layer)",
+    "n_train": "training samples",
+    "noise_fraction": "noisy-copy fraction",
+}
+
+
+def _styled(build: Callable[..., Figure]) -> Callable[..., Figure]:
+    """Build the figure under `STYLE` (fonts and line widths are fixed when artists are made)."""
+
+    @functools.wraps(build)
+    def wrapper(*args, **kwargs) -> Figure:
+        with mpl.rc_context(STYLE):
+            return build(*args, **kwargs)
+
+    return wrapper
+
+
+def plot_store(
+    path: str | Path,
+    out_dir: str | Path,
+    *,
+    analysis: Analysis | None = None,
+    formats: Sequence[str] = ("png", "pdf"),
+    dpi: int = 150,
+) -> list[Path]:
+    """Analyse the sweep at `path` (unless `analysis` is given) and write its figures to `out_dir`.
+
+    Writes `<store>-dynamics`, `<store>-scaling` and `<store>-transition` in each of `formats`;
+    returns the paths written.
+    """
+    analysis = analysis if analysis is not None else analyze_store(path)
+    if not analysis.runs:
+        raise bad_value(
+            "path",
+            str(path),
+            "a store with at least one complete run",
+            f"Skipped runs: {[s['name'] + ' (' + s['status'] + ')' for s in analysis.skipped]}.",
+        )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = analysis.sweep.path.name.removesuffix(".zarr")
+    written = []
+    with mpl.rc_context(STYLE):
+        for name, build in (
+            ("dynamics", dynamics_figure),
+            ("scaling", scaling_figure),
+            ("transition", transition_figure),
+        ):
+            figure = build(analysis)
+            for fmt in formats:
+                target = out / f"{stem}-{name}.{fmt}"
+                figure.savefig(target, dpi=dpi, format=fmt)
+                written.append(target)
+    return written
+
+
+# ---------------------------------------------------------------------------------- dynamics
+
+
+@_styled
+def dynamics_figure(analysis: Analysis, window: int = 20) -> Figure:
+    """Seed-mean trace, adaptation rate and effective rank vs epoch (top) and train loss (bottom).
+
+    One line per width (or data size), coloured on a sequential scale; a dot marks the mean epoch of
+    minimum test loss. The adaptation rate is smoothed over `window` records as in `run_summary`.
+    """
+    figure = Figure(figsize=(WIDTH_IN, 4.4), layout="constrained")
+    axes = figure.subplots(2, 3, sharex="row")
+    groups, colors = _groups(analysis)
+    sign = analysis.adaptation_sign
+    rate_label = ("−" if sign < 0 else "") + "dT / d ln L"
+    quantities = (
+        ("trace", "NTK trace T"),
+        ("rate", rate_label),
+        ("effective_rank", "effective rank"),
+    )
+    for value, runs in groups.items():
+        mean = _seed_mean(runs, window)
+        mean["rate"] = sign * mean["rate"]
+        min_epoch = np.mean([analysis.summaries[r.name].min_epoch for r in runs])
+        i_min = int(np.argmin(np.abs(mean["epoch"] - min_epoch)))
+        loss = np.exp(mean["log_train_loss"])
+        dot = {"color": colors[value], "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
+        for col, (key, _) in enumerate(quantities):
+            for row, x in enumerate((mean["epoch"], loss)):
+                axes[row, col].plot(x, mean[key], color=colors[value])
+                axes[row, col].plot(x[i_min], mean[key][i_min], "o", **dot)
+    for col, (_, label) in enumerate(quantities):
+        for row in range(2):
+            axes[row, col].set_yscale("log")
+            axes[row, col].set_ylabel(label)
+        axes[0, col].set_xscale("symlog", linthresh=_first_positive(analysis), linscale=0.3)
+        axes[0, col].set_xlabel("epoch")
+        axes[1, col].set_xscale("log")
+        axes[1, col].set_xlabel("train loss (→ training)")
+        axes[0, col].set_xlim(left=0.0)
+    axes[1, 0].invert_xaxis()  # shared within the row: time runs left to right
+    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
+    axes[0, 0].legend([marker], ["minimum test loss"], loc="upper left")
+    _tidy(axes.ravel())
+    _colorbar(figure, axes, analysis, list(groups))
+    return figure
+
+
+# ----------------------------------------------------------------------------------- scaling
+
+
+@_styled
+def scaling_figure(analysis: Analysis) -> Figure:
+    """Min test loss, T0, adaptation rate and effective rank at the minimum vs width (or data size).
+
+    Seed means with standard-error bars, single seeds as faint dots, fitted power laws dashed with
+    their exponent and bootstrap interval in the legend.
+    """
+    figure = Figure(figsize=(WIDTH_IN, 4.8), layout="constrained")
+    axes = figure.subplots(2, 2, sharex=True).ravel()
+    sign = analysis.adaptation_sign
+    panels = (
+        ("min_test_loss", "minimum test loss", 1.0),
+        ("trace0", "T₀ (NTK trace at init)", 1.0),
+        ("adaptation_rate_at_min", ("−" if sign < 0 else "") + "dT / d ln L at minimum", sign),
+        ("effective_rank_at_min", "effective rank at minimum", 1.0),
+    )
+    symbol = SYMBOLS[analysis.x_name]
+    for ax, (key, label, factor) in zip(axes, panels, strict=True):
+        _points(ax, analysis, key, factor, "C0", "mean ± s.e.")
+        _power_law(ax, analysis.fits.get(key), symbol)
+        ax.set_ylabel(label)
+    _points(axes[3], analysis, "cosine_effective_rank_at_min", 1.0, "C1", "cosine NTK", marker="s")
+    for ax in axes:
+        ax.set_xscale(_x_scale(analysis))
+        ax.set_yscale("log")
+        ax.legend(loc="best")
+    for ax in axes[2:]:
+        ax.set_xlabel(_AXIS[analysis.x_name])
+    _tidy(axes)
+    return figure
+
+
+# -------------------------------------------------------------------------------- transition
+
+
+@_styled
+def transition_figure(analysis: Analysis) -> Figure:
+    """Trace ratio and effective rank vs width, with the fitted breakpoint and its bootstrap CI.
+
+    The shared breakpoint of both series (`analysis.transition`) is drawn where it was fitted, else
+    each panel's own breakpoint.
+    """
+    figure = Figure(figsize=(WIDTH_IN, 2.7), layout="constrained")
+    axes = figure.subplots(1, 2, sharex=True)
+    symbol = SYMBOLS[analysis.x_name]
+    panels = (
+        ("trace_ratio", r"trace ratio $(T_{\min} - T_0) / T_0$", 1, "trace_ratio"),
+        ("effective_rank_at_min", "effective rank at minimum", 0, "effective_rank_at_min"),
+    )
+    joint = analysis.transition
+    for ax, (key, label, series, own) in zip(axes, panels, strict=True):
+        _points(ax, analysis, key, 1.0, "C0", "mean ± s.e.")
+        fit, index = (joint, series) if joint is not None else (analysis.breakpoints.get(own), 0)
+        if fit is not None:
+            _breakpoint(ax, fit, index, analysis, symbol)
+        ax.set_xscale(_x_scale(analysis))
+        ax.set_yscale("log")
+        ax.set_xlabel(_AXIS[analysis.x_name])
+        ax.set_ylabel(label)
+        ax.legend(loc="best")
+    _tidy(axes)
+    return figure
+
+
+# ----------------------------------------------------------------------------------- helpers
+
+
+def _x_scale(analysis: Analysis) -> str:
+    """Log for widths and data sizes; linear for fractions (which may be 0)."""
+    return "log" if analysis.sweep.kind in LOG_KINDS else "linear"
+
+
+def _groups(analysis: Analysis) -> tuple[dict[float, list[Run]], dict[float, tuple]]:
+    """Complete runs by width (or size), ascending, and one colour each from a sequential map."""
+    groups: dict[float, list[Run]] = {}
+    for run in sorted(analysis.runs, key=lambda r: float(r.attrs[analysis.x_name])):
+        groups.setdefault(float(run.attrs[analysis.x_name]), []).append(run)
+    palette = _palette(len(groups))
+    return groups, {value: palette(i) for i, value in enumerate(groups)}
+
+
+def _palette(n: int) -> ListedColormap:
+    """n colours from viridis, stopping short of its palest yellow (hard to see on white)."""
+    return ListedColormap(mpl.colormaps["viridis"](np.linspace(0.0, 0.88, max(n, 1))))
+
+
+def _seed_mean(runs: list[Run], window: int) -> dict[str, np.ndarray]:
+    """Seed means at the epochs all runs recorded: trace, effective rank, ln train loss, rate."""
+    epochs = runs[0].records["epoch"]
+    for run in runs[1:]:
+        epochs = np.intersect1d(epochs, run.records["epoch"])
+    columns: dict[str, list[np.ndarray]] = {
+        "trace": [],
+        "effective_rank": [],
+        "log_train_loss": [],
+        "rate": [],
+    }
+    for run in runs:
+        rec = run.records
+        at = np.searchsorted(rec["epoch"], epochs)
+        loss = rec["train_loss"]
+        columns["trace"].append(rec["trace"][at])
+        columns["effective_rank"].append(rec["effective_rank"][at])
+        positive = np.isfinite(loss) & (loss > 0)
+        columns["log_train_loss"].append(
+            np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at]
+        )
+        columns["rate"].append(adaptation_rate(rec["trace"], loss, window)[at])
+    mean = {key: _nanmean(np.stack(values)) for key, values in columns.items()}
+    mean["epoch"] = np.asarray(epochs, dtype=np.float64)
+    return mean
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    total = np.where(finite, values, 0.0).sum(axis=0)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
+def _first_positive(analysis: Analysis) -> float:
+    epochs = np.concatenate([r.records["epoch"] for r in analysis.runs])
+    positive = epochs[epochs > 0]
+    return float(positive.min()) if positive.size else 1.0
+
+
+def _points(
+    ax, analysis: Analysis, key: str, factor: float, color: str, label: str, marker: str = "o"
+) -> None:
+    """Single seeds (faint) and seed means with standard-error bars of one summary quantity."""
+    x, y, _ = analysis.per_run(key)
+    y = factor * y
+    ax.plot(x, y, marker, color=color, alpha=0.25, ms=2.5, mew=0, zorder=1)
+    rows = analysis.table.rows
+    gx = np.array([row[analysis.x_name] for row in rows], dtype=float)
+    gm = factor * np.array([row[key] for row in rows], dtype=float)
+    se = np.nan_to_num(np.array([row[f"{key}_se"] for row in rows], dtype=float))
+    keep = np.isfinite(gm)
+    ax.errorbar(
+        gx[keep],
+        gm[keep],
+        yerr=se[keep],
+        fmt=marker,
+        color=color,
+        ms=4,
+        capsize=2,
+        elinewidth=0.8,
+        label=label,
+        zorder=2,
+    )
+
+
+def _power_law(ax, fit: PowerLaw | None, symbol: str) -> None:
+    if fit is None:
+        return
+    x = np.geomspace(fit.x_min, fit.x_max, 50)
+    ax.plot(x, fit(x), "--", color="k", lw=1.0, zorder=3, label=_exponent_label(fit, symbol))
+
+
+def _exponent_label(fit: PowerLaw, symbol: str) -> str:
+    pct = round(100 * fit.level)
+    return _minus(
+        f"$\\propto {symbol}^{{{fit.exponent:.2f}}}$  "
+        f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}] ({pct}% CI)"
+    )
+
+
+def _minus(text: str) -> str:
+    """Typographic minus signs outside mathtext (mathtext sets its own)."""
+    parts = text.split("$")
+    return "$".join(p if i % 2 else p.replace("-", "\u2212") for i, p in enumerate(parts))
+
+
+def _breakpoint(ax, fit: Breakpoint, series: int, analysis: Analysis, symbol: str) -> None:
+    x_all = analysis.per_run("trace0")[0]
+    x = np.geomspace(x_all.min(), x_all.max(), 200)
+    left, right = fit.slopes_left[series], fit.slopes_right[series]
+    ax.plot(
+        x,
+        fit(x, series),
+        "-",
+        color="k",
+        lw=1.0,
+        zorder=3,
+        label=_minus(f"fit: slope {left:.2f} → {right:.2f}"),
+    )
+    ax.axvspan(*fit.ci, color="C3", alpha=0.15, lw=0, zorder=0)
+    pct = round(100 * fit.level)
+    ax.axvline(
+        fit.x,
+        color="C3",
+        ls="--",
+        lw=1.0,
+        zorder=0,
+        label=f"${symbol}^* = {fit.x:.0f}$ [{fit.ci[0]:.0f}, {fit.ci[1]:.0f}] ({pct}% CI)",
+    )
+
+
+def _colorbar(figure: Figure, axes, analysis: Analysis, values: list[float]) -> None:
+    """Discrete colour bar, one band per width (or size), labelled with its value."""
+    n = len(values)
+    mappable = mpl.cm.ScalarMappable(norm=BoundaryNorm(np.arange(n + 1) - 0.5, n), cmap=_palette(n))
+    bar = figure.colorbar(mappable, ax=axes, ticks=np.arange(n), aspect=40, pad=0.01)
+    bar.ax.set_yticklabels([f"{v:g}" for v in values])
+    bar.set_label(_AXIS[analysis.x_name])
+    bar.ax.tick_params(length=0)
+
+
+def _tidy(axes) -> None:
+    """Panel letters; plain-number ticks (2, 3, 5 × 10^k) on log axes spanning under 1.5 decades."""
+    plain = mticker.FuncFormatter(lambda value, _: f"{value:g}".replace("-", "\u2212"))
+    for letter, ax in zip("abcdefghij", axes, strict=False):
+        ax.set_title(f"({letter})", loc="left", fontweight="bold")
+        for axis, limits in ((ax.xaxis, ax.get_xlim()), (ax.yaxis, ax.get_ylim())):
+            lo, hi = sorted(limits)
+            if axis.get_scale() != "log" or lo <= 0 or np.log10(hi / lo) >= 1.5:
+                continue
+            if np.log10(hi / lo) < 0.5:  # too narrow for log-spaced ticks: linear steps
+                axis.set_major_locator(mticker.MaxNLocator(4, steps=[1, 2, 2.5, 5, 10]))
+            else:
+                axis.set_major_locator(mticker.LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+            axis.set_major_formatter(plain)
+            axis.set_minor_formatter(mticker.NullFormatter())

@@ -1,0 +1,186 @@
+"""NTKOperator against the independent float64 reference: dense, matvec, diagonal, normalized, spectrum."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from reference_models import (
+    NNX_MODELS,
+    LinenMLP,
+    inputs,
+    nnx_reference,
+    reference_kernel,
+    relative_error,
+)
+
+import ntkspec
+
+TOLERANCE = {jnp.float64: 1e-8, jnp.float32: 1e-4}
+N = 5
+
+
+@pytest.fixture(
+    scope="module",
+    params=[
+        (name, seed, dtype) for name in NNX_MODELS for seed in (0, 1) for dtype in (jnp.float64, jnp.float32)
+    ],
+    ids=lambda p: f"{p[0]}-seed{p[1]}-{jnp.dtype(p[2]).name}",
+)
+def case(request):
+    name, seed, dtype = request.param
+    module = NNX_MODELS[name](nnx.Rngs(seed), dtype=dtype)
+    x = inputs(name, seed, N, dtype)
+    # chunk_size 2 on N = 5 exercises chunking with padding.
+    return ntkspec.ntk(module, x, chunk_size=2, probe_block=3), nnx_reference(module, x), dtype
+
+
+def test_dense(case):
+    op, k, dtype = case
+    assert op.shape == k.shape and op.dtype == dtype
+    assert relative_error(op.dense(), k) < TOLERANCE[dtype]
+    assert relative_error(op.dense("jacobian"), k) < TOLERANCE[dtype]
+
+
+def test_matvec(case):
+    op, k, dtype = case
+    v = np.random.default_rng(0).normal(size=(k.shape[0], 7))
+    assert relative_error(op.matvec(jnp.asarray(v, dtype)), k @ v) < TOLERANCE[dtype]
+    assert relative_error(op.matvec(jnp.asarray(v[:, 0], dtype)), k @ v[:, 0]) < TOLERANCE[dtype]
+
+
+def test_diagonal(case):
+    op, k, dtype = case
+    assert relative_error(op.diagonal(), np.diag(k)) < TOLERANCE[dtype]
+
+
+def test_normalized(case):
+    op, k, dtype = case
+    s = 1 / np.sqrt(np.diag(k))
+    cosine = s[:, None] * k * s[None, :]
+    v = np.random.default_rng(1).normal(size=(k.shape[0], 2))
+    normalized = op.normalized()
+    assert normalized.shape == op.shape
+    assert relative_error(normalized.dense(), cosine) < TOLERANCE[dtype]
+    assert relative_error(normalized.matvec(jnp.asarray(v, dtype)), cosine @ v) < TOLERANCE[dtype]
+    np.testing.assert_allclose(normalized.diagonal(), 1.0, rtol=TOLERANCE[dtype])
+    assert normalized.normalized() is normalized
+
+
+def test_exact_spectrum(case):
+    op, k, dtype = case
+    result = ntkspec.spectrum(op, method="exact")
+    lam = np.linalg.eigh(k)[0][::-1]
+    p = np.clip(lam, 0, None) / np.clip(lam, 0, None).sum()
+    entropy = -np.sum(p[p > 0] * np.log(p[p > 0]))
+    assert abs(result.trace - np.trace(k)) / np.trace(k) < TOLERANCE[dtype]
+    assert abs(result.entropy - entropy) / entropy < TOLERANCE[dtype]
+    assert abs(result.effective_rank - np.exp(entropy)) / np.exp(entropy) < TOLERANCE[dtype]
+    assert relative_error(result.eigenvalues, np.clip(lam, 0, None)) < TOLERANCE[dtype]
+    assert np.all(np.diff(result.eigenvalues) <= 0)
+    assert result.min_raw_eigenvalue <= 0
+    assert result.mean_diagonal == pytest.approx(result.trace / k.shape[0])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_linen_and_pure_function(seed):
+    module = LinenMLP()
+    x = jax.random.normal(jax.random.key(seed), (4, 5))
+    variables = jax.tree.map(lambda a: a.astype(jnp.float64), module.init(jax.random.key(seed), x))
+    op = ntkspec.ntk(module.apply, variables, x)
+    k = reference_kernel(module.apply, variables, x)
+    assert relative_error(op.dense(), k) < 1e-8
+    assert relative_error(op.diagonal(), np.diag(k)) < 1e-8
+
+    def apply(params, x):  # a plain function with a tied weight: generic path for it
+        h = jnp.tanh(x @ params["w"])
+        return h @ params["w"].T[:, :3] + params["b"]
+
+    params = {"w": jax.random.normal(jax.random.key(seed), (5, 5)), "b": jnp.zeros(3)}
+    op = ntkspec.ntk(apply, params, x)
+    k = reference_kernel(apply, params, x)
+    assert relative_error(op.dense(), k) < 1e-8
+    assert relative_error(op.matvec(jnp.eye(k.shape[0])), k) < 1e-8
+
+
+def test_structured_layers_are_found():
+    from ntkspec._intercept import find_structure
+    from ntkspec.exact import _flat
+
+    for name, expected_layers, expected_rest in [
+        ("relu_mlp", 3, 0),
+        ("cnn", 1, 4),
+        ("residual_layernorm", 3, 2),
+    ]:
+        module = NNX_MODELS[name](nnx.Rngs(0))
+        op = ntkspec.ntk(module, inputs(name, 0, 2, jnp.float32))
+        fn, leaves = _flat(op.apply, op.params)
+        structure = find_structure(fn, leaves, op.state, op.x[:1])
+        assert len(structure.layers) == expected_layers, name
+        assert len(structure.rest) == expected_rest, name
+        assert all(layer.bias is not None for layer in structure.layers)
+
+
+def test_operator_works_under_jit():
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0))
+    op = ntkspec.ntk(module, inputs("relu_mlp", 0, 3, jnp.float32))
+    v = jnp.ones(op.shape[0], jnp.float32)
+    np.testing.assert_allclose(jax.jit(lambda o, v: o.matvec(v))(op, v), op.matvec(v), rtol=1e-6)
+
+
+def test_jacobian_blocks_split_large_leaves(monkeypatch):
+    from ntkspec import exact
+
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0), dtype=jnp.float64)
+    x = inputs("relu_mlp", 0, 3, jnp.float64)
+    monkeypatch.setattr(exact, "BLOCK_BYTES", 9 * 8 * 20)  # 20 parameters per block
+    op = ntkspec.ntk(module, x)
+    assert relative_error(op.dense("jacobian"), nnx_reference(module, x)) < 1e-8
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (lambda m, x: (m, x.at[0, 0].set(jnp.nan)), r"`x`: got 1 non-finite"),
+        (lambda m, x: (m, x[:0]), r"`x`: got an array of shape \(0, 5\).*non-empty batch"),
+        (lambda m, x: (m, x[:, :2]), r"`model`: got a model that fails on x"),
+        (
+            lambda m, x: (lambda p, x: m(x)[..., None], nnx.state(m, nnx.Param), x),
+            r"`model output`: got shape \(3, 3, 1\), expected shape \(N, C\) = \(3, C\)",
+        ),
+        (
+            lambda m, x: (lambda p, x: m(x)[0], nnx.state(m, nnx.Param), x),
+            r"`model output`: got shape \(3,\)",
+        ),
+        (
+            lambda m, x: (lambda p, x: (m(x), m(x)), nnx.state(m, nnx.Param), x),
+            r"`model output`: got a tuple",
+        ),
+        (lambda m, x: (42, x), r"`model`: got an object of type int"),
+        (lambda m, x: (m, x, x), r"`args`: got 2 positional"),
+        (lambda m, x: (m, jnp.ones((3, 5), jnp.int32)), r"`x`: .*floating-point inputs"),
+    ],
+)
+def test_bad_input(bad, match):
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0))
+    x = inputs("relu_mlp", 0, 3, jnp.float32)
+    with pytest.raises(ValueError, match=match):
+        ntkspec.ntk(*bad(module, x))
+
+
+def test_bad_params_and_vectors():
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0))
+    x = inputs("relu_mlp", 0, 3, jnp.float32)
+    graphdef, params = nnx.split(module, nnx.Param)
+    params = jax.tree.map(lambda a: a.at[..., 0].set(jnp.inf), params)
+    with pytest.raises(ValueError, match=r"`params.*non-finite"):
+        ntkspec.ntk(lambda p, x: nnx.merge(graphdef, p)(x), params, x)
+    op = ntkspec.ntk(module, x)
+    with pytest.raises(ValueError, match=r"`v`: got an array of shape \(4,\).*expected shape \(9,\)"):
+        op.matvec(jnp.ones(4))
+    with pytest.raises(ValueError, match=r"`path`: got 'fast'"):
+        op.dense("fast")
+    with pytest.raises(ValueError, match=r"`method`: got 'magic'"):
+        ntkspec.spectrum(op, method="magic")
+    assert isinstance(nn.Dense(3), nn.Module)  # linen modules go through module.apply

@@ -1,0 +1,81 @@
+"""Sharded operator on 8 simulated CPU devices (set in conftest) equals the single-device one."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax.sharding import PartitionSpec as P
+from reference_models import NNX_MODELS, inputs
+
+import ntkspec
+from ntkspec.sharding import make_mesh, param_spec, shard_params
+
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def pair():
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0), width=16)
+    x = inputs("relu_mlp", 0, 6, jnp.float32)  # 6 samples on a data axis of 4: uneven
+    mesh = make_mesh("data=4,model=2")
+    return ntkspec.ntk(module, x), ntkspec.ntk(module, x, mesh=mesh), mesh
+
+
+def _close(a, b):
+    a, b = np.asarray(a), np.asarray(b)
+    assert np.max(np.abs(a - b)) <= RTOL * np.max(np.abs(b))
+
+
+def test_devices_and_mesh():
+    assert len(jax.devices()) == 8
+    assert dict(make_mesh().shape) == {"data": 8, "model": 1}
+    assert dict(make_mesh("model=2").shape) == {"data": 4, "model": 2}
+    with pytest.raises(ValueError, match=r"`mesh`: got 'data=16'.*at most 8"):
+        make_mesh("data=16")
+    with pytest.raises(ValueError, match=r"`mesh`: got 'gpu=2'"):
+        make_mesh("gpu=2")
+
+
+def test_matches_single_device(pair):
+    single, sharded, _ = pair
+    v = jax.random.normal(jax.random.key(1), (single.shape[0], 5), jnp.float32)
+    _close(sharded.matvec(v), single.matvec(v))
+    _close(sharded.diagonal(), single.diagonal())
+    _close(sharded.dense(), single.dense())
+    _close(sharded.normalized().matvec(v), single.normalized().matvec(v))
+    a, b = ntkspec.spectrum(sharded), ntkspec.spectrum(single)
+    assert a.entropy == pytest.approx(b.entropy, rel=RTOL)
+    assert a.trace == pytest.approx(b.trace, rel=RTOL)
+
+
+def test_arrays_are_sharded(pair):
+    _, sharded, mesh = pair
+    hidden = sharded.params["layers"][1]["kernel"]
+    assert hidden.sharding.spec == P(None, "model")
+    assert len(hidden.sharding.device_set) == 8
+    head_bias = sharded.params["layers"][2]["bias"]  # 3 outputs: too small to split, replicated
+    assert head_bias.sharding.spec == P()
+
+
+def test_compiled_matvec_has_collectives(pair):
+    from ntkspec.operator import _matmat
+
+    _, sharded, _ = pair
+    v = jnp.ones((sharded.shape[0], 2), jnp.float32)
+    hlo = _matmat.lower(sharded, v).compile().as_text()
+    assert "all-reduce" in hlo  # J^T v summed over the data shards
+    # No parameter is gathered whole: the largest all-gather is smaller than the hidden weight.
+    hidden = sharded.params["layers"][1]["kernel"]
+    assert f"f32[{hidden.shape[0]},{hidden.shape[1]}]{{1,0}} all-gather" not in hlo
+
+
+def test_uneven_width_gets_a_clear_error():
+    mesh = make_mesh("data=1,model=8")
+    assert param_spec((784, 300), mesh) == P("model", None)
+    with pytest.raises(
+        ValueError,
+        match=r"shape \(300, 300\).*divisible by the model axis size 8"
+        r".*multiples of 8",
+    ):
+        shard_params({"w": jnp.zeros((300, 300))}, mesh)
