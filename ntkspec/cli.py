@@ -93,20 +93,25 @@ def sweep(
         console.print("Other runs of this sweep are not finished yet (other --task values?).")
         return
     if analyze:
-        _analyze(summary.store, console)
-        _plot(summary.store, figures or _default_figures(summary.store), console)
+        with _user_errors(console):
+            analysis = _analyze(summary.store, None, console)
+            _plot(summary.store, figures or _default_figures(summary.store), console, analysis)
 
 
-def _analyze(store: Path, console: Console) -> None:
+def _analyze(store: Path, out_dir: Path | None, console: Console):
     from ntkspec.analysis import analyze_store
 
-    console.print(analyze_store(store))
+    analysis = analyze_store(store)
+    console.print(analysis)
+    for path in analysis.write(out_dir):
+        console.print(f"Analysis: {path.resolve()}")
+    return analysis
 
 
-def _plot(store: Path, out_dir: Path, console: Console) -> None:
+def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
     from ntkspec.plots import plot_store
 
-    paths = plot_store(store, out_dir)
+    paths = plot_store(store, out_dir, analysis=analysis)
     console.print(f"Figures ({len(paths)}) in {Path(out_dir).resolve()}:")
     for path in paths:
         console.print(f"  {path}")
@@ -165,9 +170,14 @@ def analyze(
     store: Annotated[
         Path, typer.Argument(help="Sweep store (a .zarr folder).", exists=True, file_okay=False)
     ],
+    out_dir: Annotated[
+        Path | None, typer.Option(help="Folder for the CSV/JSON tables (default: the store's).")
+    ] = None,
 ) -> None:
-    """Derived quantities and power-law fits of a sweep store."""
-    _analyze(store, Console(soft_wrap=True))
+    """Derived quantities and power-law fits of a sweep store (table also written as CSV and JSON)."""
+    console = Console(soft_wrap=True)
+    with _user_errors(console):
+        _analyze(store, out_dir, console)
 
 
 @app.command()
@@ -178,4 +188,6 @@ def plot(
     out_dir: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
 ) -> None:
     """Figures of a sweep store."""
-    _plot(store, out_dir or _default_figures(store), Console(soft_wrap=True))
+    console = Console(soft_wrap=True)
+    with _user_errors(console):
+        _plot(store, out_dir or _default_figures(store), console)

@@ -40,8 +40,9 @@ def install():
         module = types.ModuleType("ntkspec.operator")
         module.ntk = _ntk
         sys.modules["ntkspec.operator"] = module
-    import ntkspec.spectrum as spectrum_module
+    import ntkspec.spectrum  # noqa: F401  (the package re-exports a function of that name)
 
+    spectrum_module = sys.modules["ntkspec.spectrum"]
     if "auto" not in spectrum_module.METHODS:
         exact = spectrum_module.spectrum
 
