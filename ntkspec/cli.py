@@ -30,8 +30,9 @@ def _ints(text: str | None, option: str) -> tuple[int, ...] | None:
         return None
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise typer.BadParameter(f"expected integers separated by commas, got {text!r}", param_hint=option)
+    except ValueError as error:
+        message = f"expected integers separated by commas, got {text!r}"
+        raise typer.BadParameter(message, param_hint=option) from error
 
 
 @contextlib.contextmanager
@@ -134,9 +135,16 @@ def spectrum(
 
     with _user_errors(Console(soft_wrap=True)):
         raw, cosine = init_spectrum(
-            width=width, depth=depth, n_ntk=n_ntk, dataset=dataset, model=model, method=method,
-            seed=seed, top_k=top_k, data_dir=None if data_dir is None else str(data_dir),
-        )  # fmt: skip
+            width=width,
+            depth=depth,
+            n_ntk=n_ntk,
+            dataset=dataset,
+            model=model,
+            method=method,
+            seed=seed,
+            top_k=top_k,
+            data_dir=None if data_dir is None else str(data_dir),
+        )
     table = Table(title=f"NTK of a {depth}-layer {model} of width {width} on {n_ntk} {dataset} samples")
     table.add_column("quantity")
     table.add_column("NTK", justify="right")
@@ -151,9 +159,7 @@ def spectrum(
     table.add_row("kernel size", str(raw.size), str(cosine.size))
     table.add_row("trace", pm(raw.trace, raw.trace_stderr), pm(cosine.trace, cosine.trace_stderr))
     table.add_row("mean diagonal", f"{raw.mean_diagonal:.6g}", f"{cosine.mean_diagonal:.6g}")
-    table.add_row(
-        "entropy", pm(raw.entropy, raw.entropy_stderr), pm(cosine.entropy, cosine.entropy_stderr)
-    )
+    table.add_row("entropy", pm(raw.entropy, raw.entropy_stderr), pm(cosine.entropy, cosine.entropy_stderr))
     table.add_row(
         "effective rank",
         pm(raw.effective_rank, raw.effective_rank_stderr),

@@ -125,9 +125,7 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int(d) for d in np.frombuffer(raw, ">i4", count=ndim, offset=4))
     data = np.frombuffer(raw, _IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
     if data.size != int(np.prod(shape)):
-        raise bad_value(
-            str(path), f"{data.size} values", f"{int(np.prod(shape))} values for shape {shape}"
-        )
+        raise bad_value(str(path), f"{data.size} values", f"{int(np.prod(shape))} values for shape {shape}")
     return data.reshape(shape)
 
 
@@ -147,9 +145,7 @@ def _load_idx(name: str, folder: Path, classes: tuple[str, ...]) -> Dataset:
         x = read_idx(image_path).astype(np.float32) / 255.0
         y = read_idx(label_path).astype(np.int32)
         if x.shape[0] != y.shape[0]:
-            raise bad_value(
-                str(label_path), f"{y.shape[0]} labels", f"{x.shape[0]}, one per image"
-            )
+            raise bad_value(str(label_path), f"{y.shape[0]} labels", f"{x.shape[0]}, one per image")
         pools[part] = (x[..., None], y)
     if not pools:
         raise bad_value(
@@ -207,9 +203,7 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
         x = (digits.images.astype(np.float32) / 16.0)[..., None]
         return Dataset("digits", x, digits.target.astype(np.int32), None, None, DIGIT_CLASSES)
     if data_dir is None:
-        raise bad_value(
-            "data_dir", "None", f"a folder holding {name}/", "Pass --data-dir (or data_dir=...)."
-        )
+        raise bad_value("data_dir", "None", f"a folder holding {name}/", "Pass --data-dir (or data_dir=...).")
     folder = Path(data_dir).expanduser() / name
     if name == "cifar10":
         return _load_cifar10(folder)
@@ -217,9 +211,7 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     return _load_idx(name, folder, classes)
 
 
-def _select_classes(
-    x: np.ndarray, y: np.ndarray, wanted: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
+def _select_classes(x: np.ndarray, y: np.ndarray, wanted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     mask = np.isin(y, wanted)
     relabel = np.full(int(y.max(initial=0)) + 1, -1, dtype=np.int32)
     relabel[list(wanted)] = np.arange(len(wanted), dtype=np.int32)
@@ -234,17 +226,13 @@ def _class_indices(dataset: Dataset, classes: Sequence[str | int]) -> list[int]:
         elif isinstance(c, int) and 0 <= c < len(dataset.classes):
             indices.append(c)
         else:
-            raise bad_value(
-                "classes", repr(c), f"a class of {dataset.name}: one of {dataset.classes}"
-            )
+            raise bad_value("classes", repr(c), f"a class of {dataset.name}: one of {dataset.classes}")
     if len(set(indices)) != len(indices) or len(indices) < 2:
         raise bad_value("classes", repr(list(classes)), "at least two distinct classes")
     return indices
 
 
-def noisy_copies(
-    x: np.ndarray, y: np.ndarray, fraction: float, key: Key, std: float = 0.01
-) -> np.ndarray:
+def noisy_copies(x: np.ndarray, y: np.ndarray, fraction: float, key: Key, std: float = 0.01) -> np.ndarray:
     """Replace `fraction` of each class's samples by noisy copies of other samples of that class.
 
     In each class of n_c samples, round(fraction * n_c) of them (at least one sample is kept) are
@@ -315,7 +303,7 @@ def split(
         names = tuple(dataset.classes[i] for i in wanted)
     k_train, k_held, k_noise = jax.random.split(key, 3)
     if len(pools) == 1:
-        (x, y), = pools
+        ((x, y),) = pools
         order = np.asarray(jax.random.permutation(k_train, x.shape[0]))
         needed = n_ntk + n_train + 1
         if x.shape[0] < needed:
@@ -330,13 +318,9 @@ def split(
     else:
         (x_train, y_train), (x_held, y_held) = pools
         if x_train.shape[0] < n_train:
-            raise bad_value(
-                "n_train", n_train, f"at most the {x_train.shape[0]} training samples available"
-            )
+            raise bad_value("n_train", n_train, f"at most the {x_train.shape[0]} training samples available")
         if x_held.shape[0] < n_ntk + 1:
-            raise bad_value(
-                "n_ntk", n_ntk, f"fewer than the {x_held.shape[0]} held-out samples available"
-            )
+            raise bad_value("n_ntk", n_ntk, f"fewer than the {x_held.shape[0]} held-out samples available")
         train_idx = np.asarray(jax.random.permutation(k_train, x_train.shape[0]))[:n_train]
         held = np.asarray(jax.random.permutation(k_held, x_held.shape[0]))
         ntk_idx, test_idx = held[:n_ntk], held[n_ntk:]
@@ -347,9 +331,7 @@ def split(
         xs[0] = noisy_copies(xs[0], y_train[train_idx], noise_fraction, k_noise, noise_std)
     xs = [a.reshape(a.shape[0], -1) if flatten else a for a in xs]
     xs = [np.asarray(a, dtype=dtype) for a in xs]
-    return Split(
-        xs[0], y_train[train_idx], xs[1], y_held[ntk_idx], xs[2], y_held[test_idx], names
-    )
+    return Split(xs[0], y_train[train_idx], xs[1], y_held[ntk_idx], xs[2], y_held[test_idx], names)
 
 
 def _md5(path: Path) -> str:

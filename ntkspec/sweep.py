@@ -160,9 +160,7 @@ class SweepConfig:
                 "Only kind 'width' sweeps widths.",
             )
         if self.kind == "data_size" and (not self.data_sizes or min(self.data_sizes) < 1):
-            raise bad_value(
-                "data_sizes", list(self.data_sizes), "a non-empty list of positive integers"
-            )
+            raise bad_value("data_sizes", list(self.data_sizes), "a non-empty list of positive integers")
         fractions = self.noise_fractions
         if self.kind == "noise" and (not fractions or not all(0 <= f < 1 for f in fractions)):
             raise bad_value("noise_fractions", list(fractions), "a non-empty list in [0, 1)")
@@ -171,9 +169,11 @@ class SweepConfig:
             raise bad_value(_SWEPT_FIELD[self.kind], list(swept), "distinct values")
         if self.model == "cnn" and self.kind == "width":
             raise bad_value(
-                "kind", "'width' with model 'cnn'", "kind 'data_size' or 'noise' for the CNN",
+                "kind",
+                "'width' with model 'cnn'",
+                "kind 'data_size' or 'noise' for the CNN",
                 "The CNN has a fixed width (32 filters, 64 dense units).",
-            )  # fmt: skip
+            )
 
     def to_dict(self) -> dict:
         """Plain TOML/JSON-friendly values (tuples as lists, None dropped)."""
@@ -258,9 +258,7 @@ class Run:
 def runs(config: SweepConfig) -> list[Run]:
     """All runs of the sweep, swept value major, seed minor (so `task` striping mixes costs)."""
     out = []
-    values = {"width": config.widths, "data_size": config.data_sizes}.get(
-        config.kind, config.noise_fractions
-    )
+    values = {"width": config.widths, "data_size": config.data_sizes}.get(config.kind, config.noise_fractions)
     for value in values:
         for seed in range(config.seeds):
             width, n_train, fraction = config.widths[0], config.n_train, config.noise_fraction
@@ -275,7 +273,7 @@ def runs(config: SweepConfig) -> list[Run]:
 
 
 def parse_task(task: str | tuple[int, int]) -> tuple[int, int]:
-    """"i/n" (or (i, n)) -> (i, n) with 0 <= i < n."""
+    """ "i/n" (or (i, n)) -> (i, n) with 0 <= i < n."""
     if isinstance(task, str):
         parts = task.split("/")
         if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
@@ -384,9 +382,15 @@ def run_sweep(
                 bar.update(bar_task, description=description, completed=base + rec.epoch)
 
             result = train(
-                model, split, optimizer, epochs, k_spectrum, top_k=config.top_k,
-                method=config.method, recorder=record,
-            )  # fmt: skip
+                model,
+                split,
+                optimizer,
+                epochs,
+                k_spectrum,
+                top_k=config.top_k,
+                method=config.method,
+                recorder=record,
+            )
             message = result.message
             if result.status == "diverged":
                 message += f" (optimizer {config.optimizer}, lr {config.lr:g})"
@@ -426,12 +430,22 @@ def init_spectrum(
         raise bad_value("method", repr(method), f"one of {SPECTRUM_METHODS}")
     k_data, k_model, k_spectrum = jax.random.split(jax.random.key(seed), 3)
     split = data.split(
-        data.load(dataset, data_dir), 1, n_ntk, k_data, n_test=1, flatten=model == "mlp",
+        data.load(dataset, data_dir),
+        1,
+        n_ntk,
+        k_data,
+        n_test=1,
+        flatten=model == "mlp",
         dtype=np.dtype(dtype),
-    )  # fmt: skip
+    )
     net = models.build(
-        model, split.x_ntk.shape[1:], split.num_classes, k_model, width=width, depth=depth,
+        model,
+        split.x_ntk.shape[1:],
+        split.num_classes,
+        k_model,
+        width=width,
+        depth=depth,
         param_dtype=jnp.dtype(dtype),
-    )  # fmt: skip
+    )
     # Epoch 0 of a sweep's run folds the same key the same way.
     return ntk_spectra(net, jnp.asarray(split.x_ntk), jax.random.fold_in(k_spectrum, 0), top_k, method)

@@ -59,9 +59,14 @@ def test_train_records_and_learns(tiny_split, key):
     before = [np.asarray(leaf) for leaf in jax.tree.leaves(nnx.state(model))]
     records = []
     result = train.train(
-        model, tiny_split, train.make_optimizer("adam", 1e-2), [0, 5, 40], key, top_k=3,
+        model,
+        tiny_split,
+        train.make_optimizer("adam", 1e-2),
+        [0, 5, 40],
+        key,
+        top_k=3,
         recorder=records.append,
-    )  # fmt: skip
+    )
     assert result.status == "complete" and result.n_records == 3
     assert [r.epoch for r in records] == [0, 5, 40]
     assert records[-1].train_loss < records[0].train_loss
@@ -79,9 +84,14 @@ def test_divergence_is_a_status_not_an_exception(tiny_split, key):
     model = models.build("mlp", (64,), 10, key, width=8, depth=3)
     records = []
     result = train.train(
-        model, tiny_split, train.make_optimizer("sgd", 1e30), [0, 10, 20], key, top_k=3,
+        model,
+        tiny_split,
+        train.make_optimizer("sgd", 1e30),
+        [0, 10, 20],
+        key,
+        top_k=3,
         recorder=records.append,
-    )  # fmt: skip
+    )
     assert result.status == "diverged"
     assert "lower learning rate" in result.message and "epochs 0 and 10" in result.message
     assert result.n_records == len(records) == 1
@@ -90,7 +100,8 @@ def test_divergence_is_a_status_not_an_exception(tiny_split, key):
 def test_top_eigenvalues_padded_when_kernel_is_small(tiny_split, key):
     model = models.build("mlp", (64,), 10, key, width=8, depth=3)
     records = []
-    train.train(model, tiny_split, train.make_optimizer("adam", 1e-3), [0], key, top_k=50,
-                recorder=records.append)  # fmt: skip
+    train.train(
+        model, tiny_split, train.make_optimizer("adam", 1e-3), [0], key, top_k=50, recorder=records.append
+    )
     top = records[0].top_eigenvalues
     assert top.shape == (50,) and np.isnan(top[40:]).all() and np.isfinite(top[:40]).all()

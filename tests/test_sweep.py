@@ -79,8 +79,12 @@ def _spawn(config_path, store_path, task, cache):
     }
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(config_path), str(store_path), task],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _finish(process):
@@ -131,9 +135,7 @@ def test_runs_and_task_striping(tiny_config):
     config = sweep.load_config(tiny_config, widths=[4, 8], seeds=2)
     assert [run.name for run in sweep.runs(config)] == ["w4_s0", "w4_s1", "w8_s0", "w8_s1"]
     config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100])
-    config = sweep.load_config(
-        tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100], seeds=2
-    )
+    config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100], seeds=2)
     assert [run.name for run in sweep.runs(config)] == ["n10_s0", "n10_s1", "n100_s0", "n100_s1"]
     assert sweep.parse_task("3/16") == (3, 16)
     with pytest.raises(ValueError, match="`task`"):
@@ -167,9 +169,7 @@ def test_sweep_writes_store_xarray_reads_it_and_rerun_skips(tiny_config, tmp_pat
 
 
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
-    config = sweep.load_config(
-        tiny_config, seeds=2, optimizer="sgd", lr=1e30, store=str(tmp_path / "d.zarr")
-    )
+    config = sweep.load_config(tiny_config, seeds=2, optimizer="sgd", lr=1e30, store=str(tmp_path / "d.zarr"))
     summary = sweep.run_sweep(config, progress=False)
     assert summary.diverged == ("w8_s0", "w8_s1") and summary.done == ("w8_s0", "w8_s1")
     for name in summary.diverged:
