@@ -44,6 +44,12 @@ FASHION_CLASSES = (
     "ankle boot",
 )  # fmt: skip
 DIGIT_CLASSES = tuple(str(i) for i in range(10))
+CLASS_NAMES = {
+    "digits": DIGIT_CLASSES,
+    "mnist": DIGIT_CLASSES,
+    "fashion_mnist": FASHION_CLASSES,
+    "cifar10": CIFAR10_CLASSES,
+}
 
 _IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -207,8 +213,7 @@ def load(name: str, data_dir: str | Path | None = None) -> Dataset:
     folder = Path(data_dir).expanduser() / name
     if name == "cifar10":
         return _load_cifar10(folder)
-    classes = DIGIT_CLASSES if name == "mnist" else FASHION_CLASSES
-    return _load_idx(name, folder, classes)
+    return _load_idx(name, folder, CLASS_NAMES[name])
 
 
 def _select_classes(x: np.ndarray, y: np.ndarray, wanted: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:

@@ -167,6 +167,12 @@ class SweepConfig:
         swept = {"width": self.widths, "data_size": self.data_sizes, "noise": fractions}[self.kind]
         if len(set(swept)) != len(swept):
             raise bad_value(_SWEPT_FIELD[self.kind], list(swept), "distinct values")
+        if self.classes is not None:
+            known = data.CLASS_NAMES[self.dataset]
+            if len(set(self.classes)) < 2 or not set(self.classes) <= set(known):
+                raise bad_value(
+                    "classes", list(self.classes), f"two or more distinct classes of {self.dataset}: {known}"
+                )
         if self.model == "cnn" and self.kind == "width":
             raise bad_value(
                 "kind",
@@ -327,6 +333,10 @@ def run_sweep(
     """
     start = time.perf_counter()
     index, count = parse_task(task)
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise bad_value(
+            "dtype", "'float64' with JAX's 64-bit mode off", "'float32'", "Or set JAX_ENABLE_X64=1."
+        )
     root = store.open_store(config.store_path, config.to_dict())
     mine = [run for run in runs(config) if run.index % count == index]
     finished = {run.name for run in mine if store.run_status(root, run.name) in store.STATUSES[1:]}

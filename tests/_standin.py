@@ -1,10 +1,11 @@
-"""Test-only stand-in for `ntkspec.operator.ntk` and `spectrum(method="auto", key=...)`.
+"""Test-only stand-in for `ntkspec.operator.ntk` and `spectrum(op, method="auto", key=...)`.
 
-Used until the real operator and estimators are merged into this branch: K = J J^T from `jax.jacrev`,
-eigenvalues from the exact path of `ntkspec.spectrum`. `install()` does nothing once the real
-modules are present.
+Used until the real operator and estimators are both merged into this branch: K = J J^T from
+`jax.jacrev`, eigenvalues from the exact path of `ntkspec.spectrum`. `install()` does nothing once
+the real ones are present (then this file can be deleted, with the `_standin` lines of the tests).
 """
 
+import inspect
 import sys
 import types
 
@@ -43,7 +44,7 @@ def install():
     import ntkspec.spectrum  # noqa: F401  (the package re-exports a function of that name)
 
     spectrum_module = sys.modules["ntkspec.spectrum"]
-    if "auto" not in spectrum_module.METHODS:
+    if "key" not in inspect.signature(spectrum_module.spectrum).parameters:
         exact = spectrum_module.spectrum
 
         def spectrum(op, method="auto", *, key=None, top_k=None):

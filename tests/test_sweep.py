@@ -107,6 +107,7 @@ def test_config_validation_names_the_field(tiny_config):
         "dataset": ({"dataset": "svhn"}, "`dataset`: got 'svhn'"),
         "b1": ({"b1": 1.5}, "`b1`: got 1.5, expected a number in [0, 1)"),
         "bool as int": ({"depth": True}, "`depth`: got True (bool)"),
+        "classes": ({"classes": ["bird", "cat"]}, "`classes`: got ['bird', 'cat'], expected two or more"),
     }
     for values, message in cases.values():
         with pytest.raises(ValueError) as info:
