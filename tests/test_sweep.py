@@ -223,6 +223,7 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
         process = _spawn(config_path, path, "0/1", cache)
         while process.poll() is None and _records_written(path) < target:
             time.sleep(0.01)
+        assert process.poll() is None, process.communicate()[1][-3000:]  # still running
         time.sleep(rng.uniform(0.0, 0.1))
         process.kill()  # SIGKILL
         process.communicate()  # reap it and close its pipes
