@@ -145,7 +145,8 @@ def spectrum(
             top_k=top_k,
             data_dir=None if data_dir is None else str(data_dir),
         )
-    table = Table(title=f"NTK of a {depth}-layer {model} of width {width} on {n_ntk} {dataset} samples")
+    what = "the CNN" if model == "cnn" else f"a {depth}-layer MLP of width {width}"
+    table = Table(title=f"NTK at initialisation of {what} on {n_ntk} {dataset} samples")
     table.add_column("quantity")
     table.add_column("NTK", justify="right")
     table.add_column("cosine NTK", justify="right")

@@ -138,6 +138,11 @@ def test_runs_and_task_striping(tiny_config):
     config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100])
     config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100], seeds=2)
     assert [run.name for run in sweep.runs(config)] == ["n10_s0", "n10_s1", "n100_s0", "n100_s1"]
+    config = sweep.load_config(
+        tiny_config, kind="noise", model="cnn", noise_fractions=[0.0, 0.25], seeds=1, classes=["0", "7"]
+    )
+    runs = sweep.runs(config)
+    assert [run.name for run in runs] == ["p0_s0", "p25_s0"] and runs[1].noise_fraction == 0.25
     assert sweep.parse_task("3/16") == (3, 16)
     with pytest.raises(ValueError, match="`task`"):
         sweep.parse_task("16/16")
