@@ -1,46 +1,15 @@
-"""Test-only stand-in for `ntkspec.operator.ntk` and `spectrum(op, method="auto", key=...)`.
+"""Test-only stand-in for `spectrum(op, method="auto", key=...)` until the estimators are merged.
 
-Used until the real operator and estimators are both merged into this branch: K = J J^T from
-`jax.jacrev`, eigenvalues from the exact path of `ntkspec.spectrum`. `install()` does nothing once
-the real ones are present (then this file can be deleted, with the `_standin` lines of the tests).
+The sweep calls `spectrum(op, method="auto", key=..., top_k=...)`; until `ntkspec.spectrum` takes a
+`key`, this routes such calls to its exact path. `install()` does nothing once the real signature is
+present (then this file can be deleted, with the `_standin` lines of the tests and `_sweep_child.py`).
 """
 
 import inspect
 import sys
-import types
-
-import jax
-import jax.numpy as jnp
-from flax import nnx
-
-
-class _Op:
-    def __init__(self, kernel):
-        self.kernel = kernel
-        self.shape = kernel.shape
-
-    def dense(self):
-        return self.kernel
-
-    def normalized(self):
-        d = 1.0 / jnp.sqrt(jnp.diag(self.kernel))
-        return _Op(self.kernel * d[:, None] * d[None, :])
-
-
-def _ntk(module, x):
-    graphdef, params = nnx.split(module)
-    jac = jax.jacrev(lambda p: nnx.merge(graphdef, p)(x).reshape(-1))(params)
-    j = jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree.leaves(jac)], axis=1)
-    return _Op(j @ j.T)
 
 
 def install():
-    try:
-        import ntkspec.operator  # noqa: F401
-    except ModuleNotFoundError:
-        module = types.ModuleType("ntkspec.operator")
-        module.ntk = _ntk
-        sys.modules["ntkspec.operator"] = module
     import ntkspec.spectrum  # noqa: F401  (the package re-exports a function of that name)
 
     spectrum_module = sys.modules["ntkspec.spectrum"]
