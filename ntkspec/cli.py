@@ -69,6 +69,7 @@ def sweep(
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
 ) -> None:
     """Train every run of a sweep and record NTK spectra in a Zarr store; resumes where it stopped."""
+    from ntkspec.store import read_run
     from ntkspec.sweep import load_config, run_sweep
 
     console = Console(soft_wrap=True)
@@ -85,11 +86,15 @@ def sweep(
         summary = run_sweep(cfg, task=task, progress=progress, console=console)
     console.print(
         f"[bold]{cfg.name}[/bold]: {len(summary.done)} run(s) trained, {len(summary.skipped)} "
-        f"already finished, {len(summary.diverged)} diverged, in {summary.seconds:.1f} s."
+        f"already finished, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
+        f"in {summary.seconds:.1f} s."
     )
-    for name in summary.diverged:
-        console.print(f"  diverged: {name} (see the run's `message` attribute in the store)")
+    for name in (*summary.diverged, *summary.failed):
+        attrs, _ = read_run(summary.store, name)
+        console.print(f"  {name} {attrs['status']}: {attrs['message']}", highlight=False)
     console.print(f"Store: {summary.store.resolve()}")
+    if summary.failed:
+        raise typer.Exit(1)
     if not summary.complete:
         console.print("Other runs of this sweep are not finished yet (other --task values?).")
         return

@@ -42,7 +42,8 @@ import ntkspec
 from ntkspec._errors import bad_value
 from ntkspec.train import Record
 
-STATUSES = ("running", "complete", "diverged")
+STATUSES = ("running", "complete", "diverged", "failed")
+FINISHED = ("complete", "diverged")  # a sweep skips these runs; "running" and "failed" are redone
 SCALAR_FIELDS = tuple(
     f.name
     for f in dataclasses.fields(Record)
@@ -186,7 +187,7 @@ class RunWriter:
         self.group.update_attributes({"n_records": self.n_records})
 
     def finish(self, status: str, message: str = "") -> None:
-        """Mark the run `status` ("complete" or "diverged") with `message`: its last write."""
+        """Mark the run `status` ("complete", "diverged" or "failed") with `message`: its last write."""
         if status not in STATUSES[1:]:
             raise bad_value("status", repr(status), f"one of {STATUSES[1:]}")
         self.group.update_attributes({"status": status, "message": message})

@@ -10,7 +10,7 @@ Kinds of sweep (`SweepConfig.kind`):
 A seed fixes the data draw, the initialisation and the estimators' probes; within a seed only the swept
 quantity changes. `run_sweep(config, task=(i, n))` runs the runs whose index is i modulo n, so n
 processes can share one store; runs already complete (or diverged) are skipped, so rerunning after a
-crash resumes.
+crash resumes (runs left "running" by a killed process, or "failed", start again from epoch 0).
 """
 
 from __future__ import annotations
@@ -293,12 +293,17 @@ def parse_task(task: str | tuple[int, int]) -> tuple[int, int]:
 
 @dataclasses.dataclass(frozen=True)
 class SweepSummary:
-    """What `run_sweep` did: runs of this task done now, skipped (already finished), diverged."""
+    """What `run_sweep` did with the runs of its task.
+
+    done: trained now (complete or diverged); skipped: finished before; diverged: of those done, the
+    ones whose loss became non-finite; failed: runs that raised a runtime error (retried next time).
+    """
 
     store: Path
     done: tuple[str, ...]
     skipped: tuple[str, ...]
     diverged: tuple[str, ...]
+    failed: tuple[str, ...]
     seconds: float
     complete: bool  # every run of the whole sweep (all tasks) has finished
 
@@ -328,8 +333,9 @@ def run_sweep(
     """Run the runs of `config` that belong to `task` ("i/n": index i modulo n) and are not finished.
 
     Each run: data split and model from its seed, full-batch training, a record per recording epoch
-    appended to the store, then its final status ("complete" or "diverged", with advice). A Rich
-    progress bar shows the current run, epoch and the time remaining.
+    appended to the store, then its final status: "complete", "diverged" (with advice) or "failed"
+    (a runtime error such as running out of memory; the sweep goes on, and a rerun retries the run).
+    Bad input raises. A Rich progress bar shows the current run, epoch and the time remaining.
     """
     start = time.perf_counter()
     index, count = parse_task(task)
@@ -339,13 +345,13 @@ def run_sweep(
         )
     root = store.open_store(config.store_path, config.to_dict())
     mine = [run for run in runs(config) if run.index % count == index]
-    finished = {run.name for run in mine if store.run_status(root, run.name) in store.STATUSES[1:]}
+    finished = {run.name for run in mine if store.run_status(root, run.name) in store.FINISHED}
     todo = [run for run in mine if run.name not in finished]
     dataset = data.load(config.dataset, config.data_dir) if todo else None
     optimizer = make_optimizer(config.optimizer, config.lr, b1=config.b1, momentum=config.momentum)
     epochs = record_epochs(config.epochs, config.n_records, config.spacing)
     dtype = jnp.dtype(config.dtype)
-    done, diverged = [], []
+    done, diverged, failed = [], [], []
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -375,15 +381,6 @@ def run_sweep(
                 flatten=config.model == "mlp",
                 dtype=dtype,
             )
-            model = models.build(
-                config.model,
-                split.x_train.shape[1:],
-                split.num_classes,
-                k_model,
-                width=run.width,
-                depth=config.depth,
-                param_dtype=dtype,
-            )
             writer = store.RunWriter(root, run.name, _run_attrs(config, run), config.top_k)
 
             def record(rec: Record, writer=writer, label=label, base=base) -> None:
@@ -391,16 +388,32 @@ def run_sweep(
                 description = f"{label} epoch {rec.epoch}"
                 bar.update(bar_task, description=description, completed=base + rec.epoch)
 
-            result = train(
-                model,
-                split,
-                optimizer,
-                epochs,
-                k_spectrum,
-                top_k=config.top_k,
-                method=config.method,
-                recorder=record,
-            )
+            try:
+                model = models.build(
+                    config.model,
+                    split.x_train.shape[1:],
+                    split.num_classes,
+                    k_model,
+                    width=run.width,
+                    depth=config.depth,
+                    param_dtype=dtype,
+                )
+                result = train(
+                    model,
+                    split,
+                    optimizer,
+                    epochs,
+                    k_spectrum,
+                    top_k=config.top_k,
+                    method=config.method,
+                    recorder=record,
+                )
+            except (RuntimeError, MemoryError) as error:
+                # A runtime failure of one run (e.g. out of device memory at the widest width) is data:
+                # recorded with its message, the sweep goes on, and the next `run_sweep` retries it.
+                writer.finish("failed", f"{type(error).__name__}: {error} (rerun the sweep to retry)")
+                failed.append(run.name)
+                continue
             message = result.message
             if result.status == "diverged":
                 message += f" (optimizer {config.optimizer}, lr {config.lr:g})"
@@ -408,12 +421,13 @@ def run_sweep(
             writer.finish(result.status, message)
             done.append(run.name)
         bar.update(bar_task, completed=len(todo) * config.epochs)
-    complete = all(store.run_status(root, run.name) in store.STATUSES[1:] for run in runs(config))
+    complete = all(store.run_status(root, run.name) in store.FINISHED for run in runs(config))
     return SweepSummary(
         store=config.store_path,
         done=tuple(done),
         skipped=tuple(run.name for run in mine if run.name in finished),
         diverged=tuple(diverged),
+        failed=tuple(failed),
         seconds=time.perf_counter() - start,
         complete=complete,
     )

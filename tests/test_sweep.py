@@ -186,6 +186,25 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
     assert sweep.run_sweep(config, progress=False).skipped == ("w8_s0", "w8_s1")
 
 
+def test_runtime_failure_is_recorded_and_retried(tiny_config, tmp_path, monkeypatch):
+    config = sweep.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "f.zarr"))
+    real_train = sweep.train
+
+    def out_of_memory_at_width_4(model, *args, **kwargs):
+        if model.layers[0].out_features == 4:
+            raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
+        return real_train(model, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", out_of_memory_at_width_4)
+    summary = sweep.run_sweep(config, progress=False)
+    assert summary.failed == ("w4_s0",) and summary.done == ("w8_s0",) and not summary.complete
+    attrs, _ = store.read_run(config.store_path, "w4_s0")
+    assert attrs["status"] == "failed" and "RuntimeError: RESOURCE_EXHAUSTED" in attrs["message"]
+    monkeypatch.setattr(sweep, "train", real_train)
+    retried = sweep.run_sweep(config, progress=False)
+    assert retried.done == ("w4_s0",) and retried.skipped == ("w8_s0",) and retried.complete
+
+
 @pytest.fixture(scope="module")
 def two_task_store(tmp_path_factory):
     """The tiny sweep run by two processes at once, tasks 0/2 and 1/2, into one store."""
