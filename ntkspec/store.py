@@ -15,11 +15,12 @@ reads a run as a Dataset with dimensions (record, k).
 
 Crash safety (every metadata and chunk write of Zarr's local store is atomic: temporary file, then
 rename): a record is appended by growing and writing every array at index r, and only then setting the
-run's `n_records` attribute to r + 1; readers trust `n_records` alone. A run is finished only once its
-`status` attribute says "complete" or "diverged", written last ("failed" runs are retried). A run found incomplete (killed, or unreadable metadata) is
-deleted and restarted from epoch 0 (no parameter checkpoints), so a kill can never leave a corrupt or
-duplicated record. Several processes may write disjoint runs into one store; creating the root group
-happens under an exclusive file lock on the store directory.
+run's `n_records` attribute to r + 1; readers trust `n_records` alone. A run is finished only once
+its `status` attribute says "complete" or "diverged", written last. A run found unfinished (killed,
+"failed", or with unreadable metadata) is deleted and restarted from epoch 0 (no parameter
+checkpoints), so a kill can never leave a corrupt or duplicated record. Several processes may write
+disjoint runs into one store; creating the root group happens under an exclusive file lock on the
+store directory.
 """
 
 from __future__ import annotations
