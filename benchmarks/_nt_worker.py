@@ -1,8 +1,9 @@
 """Runs inside the neural-tangents venv (see setup_neural_tangents.sh); not imported by ntkspec.
 
-Reads an .npz with the MLP's weights and inputs, times neural-tangents' `empirical_ntk_fn` in its
-three implementations and a dense-Jacobian baseline (jacrev, then J J^T), prints JSON, and saves the
-kernels (sample-major) for the driver to compare.
+Reads an .npz with the MLP's weights and inputs, times one of neural-tangents' `empirical_ntk_fn`
+implementations (nt_impl1, nt_impl2, nt_impl3) or a dense-Jacobian baseline (jacrev, then J J^T),
+prints JSON, and saves the kernel (sample-major) for the driver to compare. One candidate per
+process, so that one running out of memory does not take the others with it.
 """
 
 import json
@@ -15,7 +16,7 @@ import neural_tangents as nt
 import numpy as np
 
 
-def main(path: str, out: str, skip: str) -> None:
+def main(path: str, out: str, name: str) -> None:
     data = np.load(path)
     x = jnp.asarray(data["x"])
     params = [(jnp.asarray(data[f"w{i}"]), jnp.asarray(data[f"b{i}"])) for i in range(3)]
@@ -26,34 +27,30 @@ def main(path: str, out: str, skip: str) -> None:
         w, b = params[-1]
         return x @ w + b
 
-    def jacobian_baseline(x, params):
-        jac = jax.jacrev(lambda p: f(p, x).reshape(-1))(params)
-        j = jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(jac)], 1)
-        return j @ j.T
+    if name == "jacobian_baseline":
 
-    results, kernels = {"jax": jax.__version__, "neural_tangents": nt.__version__}, {}
-    candidates = {
-        f"nt_impl{i}": jax.jit(nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=i))
-        for i in (1, 2, 3)
-    }
-    candidates["jacobian_baseline"] = jax.jit(jacobian_baseline)
-    for name, fn in candidates.items():
-        if name in skip.split(","):
-            continue
-        try:
-            k = jax.block_until_ready(fn(x, None, params) if name.startswith("nt") else fn(x, params))
-            start = time.perf_counter()
-            k = jax.block_until_ready(fn(x, None, params) if name.startswith("nt") else fn(x, params))
-            results[name + "_s"] = time.perf_counter() - start
-            k = np.asarray(k)
-            if k.ndim == 4:  # (N, N, C, C) -> sample-major (N*C, N*C)
-                n, _, c, _ = k.shape
-                k = k.transpose(0, 2, 1, 3).reshape(n * c, n * c)
-            kernels[name] = k
-        except Exception as error:  # noqa: BLE001 - reported, e.g. out of memory at large width
-            results[name + "_error"] = f"{type(error).__name__}: {str(error)[:200]}"
-    np.savez(out, **kernels)
-    print(json.dumps(results))
+        @jax.jit
+        def fn(x, params):
+            jac = jax.jacrev(lambda p: f(p, x).reshape(-1))(params)
+            j = jnp.concatenate([a.reshape(a.shape[0], -1) for a in jax.tree_util.tree_leaves(jac)], 1)
+            return j @ j.T
+
+        call = lambda: fn(x, params)  # noqa: E731
+    else:
+        fn = jax.jit(nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0, implementation=int(name[-1])))
+        call = lambda: fn(x, None, params)  # noqa: E731
+    jax.block_until_ready(call())
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        k = jax.block_until_ready(call())
+        times.append(time.perf_counter() - start)
+    k = np.asarray(k)
+    if k.ndim == 4:  # (N, N, C, C) -> sample-major (N*C, N*C)
+        n, _, c, _ = k.shape
+        k = k.transpose(0, 2, 1, 3).reshape(n * c, n * c)
+    np.save(out, k)
+    print(json.dumps({"jax": jax.__version__, "neural_tangents": nt.__version__, name + "_s": min(times)}))
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ import ntkspec
 from benchmarks._timing import best_time, machine
 
 HERE = Path(__file__).parent
+CANDIDATES = ("nt_impl1", "nt_impl2", "nt_impl3", "jacobian_baseline")
 
 
 def _weights(width: int, key) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -56,21 +57,21 @@ def run(widths, venv: Path, n: int = 128, baseline_max_width: int = 1024) -> dic
             arrays = {"x": x} | {f"w{i}": w for i, (w, _) in enumerate(weights)}
             arrays |= {f"b{i}": b for i, (_, b) in enumerate(weights)}
             np.savez(Path(tmp) / "in.npz", **arrays)
-            skip = "jacobian_baseline" if width > baseline_max_width else ""
-            done = subprocess.run(
-                [
-                    str(python),
-                    str(HERE / "_nt_worker.py"),
-                    str(Path(tmp) / "in.npz"),
-                    str(Path(tmp) / "out.npz"),
-                    skip,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            row |= json.loads(done.stdout.strip().splitlines()[-1])
-            for name, k in np.load(Path(tmp) / "out.npz").items():
+            for name in CANDIDATES:
+                if name == "jacobian_baseline" and width > baseline_max_width:
+                    continue
+                out = Path(tmp) / f"{name}.npy"
+                done = subprocess.run(
+                    [str(python), str(HERE / "_nt_worker.py"), str(Path(tmp) / "in.npz"), str(out), name],
+                    capture_output=True,
+                    text=True,
+                )
+                if done.returncode != 0:  # e.g. killed for memory: recorded, and the run goes on
+                    tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
+                    row[name + "_error"] = f"exit {done.returncode}: {tail}"
+                    continue
+                row |= json.loads(done.stdout.strip().splitlines()[-1])
+                k = np.load(out)
                 row[name + "_max_rel_diff"] = float(np.abs(k - ours).max() / np.abs(ours).max())
         timed = [row[k] for k in row if k.startswith("nt_impl") and k.endswith("_s")]
         if timed:

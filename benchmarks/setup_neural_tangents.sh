@@ -7,6 +7,6 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 venv="${1:-$here/.nt-venv}"
 python3 -m venv "$venv"
-"$venv/bin/pip" install -q "jax[cpu]==0.4.30" "numpy<2" frozendict "tensorflow-cpu>=2.15,<2.18" \
+"$venv/bin/pip" install -q "jax[cpu]==0.4.23" "numpy<2" frozendict "tensorflow-cpu>=2.15,<2.18" \
     "tf2jax==0.3.6" "neural-tangents==0.6.5"
 "$venv/bin/python" -c "import neural_tangents as nt, jax; print('neural-tangents', nt.__version__, 'jax', jax.__version__)"
