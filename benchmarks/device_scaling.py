@@ -9,24 +9,27 @@ at N = 128 and N = 1024. Each worker records, per mesh and N:
 - seconds: best of `--repeats` calls of the compiled matvec / `dense()` after a warm-up;
 - XLA's per-device peak: `Compiled.memory_analysis()`, arguments + outputs + temporaries - aliased
   (XLA's buffer assignment on one device; CPU devices have no `memory_stats()`);
-- process peak: the rise of the resident set (VmHWM after resetting it through
-  /proc/self/clear_refs, minus VmRSS before the call), summed over all simulated devices;
 - `ntkspec.memory`'s prediction per device;
-- the max relative difference of K V and of K (sampled rows) against D = 1.
+- the max relative difference of K V and of K (sampled rows) against D = 1;
+and, per worker, its peak resident set (`getrusage` maxrss: all simulated devices together) and
+XLA's per-device peak of a full-batch Adam step (`optax.adam`) against the model.
 
-Then a memory check on one device: for a few widths, predicted bytes against the process peak
-(the rise during the call plus the bytes of the arguments, already resident) and against XLA's
-figure, for the matvec, the exact kernel and an Adam training step (`optax.adam`, full batch).
+Then a memory check on one device, one fresh process per measurement: for a few widths, predicted
+bytes against the process peak (the rise of the resident set during the first call, VmHWM after
+resetting it through /proc/self/clear_refs minus VmRSS before, plus the bytes of the arguments
+already resident) and against XLA's figure, for the matvec, the exact kernel and the Adam step.
 
-Usage: python -m benchmarks.device_scaling [--devices 1,2,4,8] [--width 512] [--ns 128,1024]
+Usage: python -m benchmarks.device_scaling [--devices 1,2,4,8] [--width 256] [--ns 128,1024]
 [--check-widths 256,512,1024] [--out FILE.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -48,9 +51,11 @@ def _status() -> dict[str, int]:
 
 
 def _rss_rise(fn, *args) -> int:
-    """Peak resident bytes during fn(*args) above the resident bytes before it (Linux only)."""
+    """Peak resident bytes during fn(*args) above those before it (Linux only)."""
     import jax
 
+    gc.collect()
+    time.sleep(0.2)  # let buffers freed by earlier calls go back first
     before = _status()["VmRSS"]
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS
@@ -60,7 +65,9 @@ def _rss_rise(fn, *args) -> int:
 
 def _xla_peak(compiled) -> int:
     m = compiled.memory_analysis()
-    return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes)
+    return int(
+        m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
+    )
 
 
 def _mesh_shape(mesh) -> tuple[int, int]:
@@ -100,17 +107,17 @@ def _worker(devices: int, width: int, ns: list[int], repeats: int, save_dir: str
             matvec = _matmat.lower(op, v).compile()
             dense = _dense.lower(op, "auto").compile()
             row["compile_s"] = time.perf_counter() - start
-            row["matvec_s"] = best_time(matvec, op, v, repeats=repeats)
+            kv, k = matvec(op, v), dense(op)
+            row["matvec_s"] = best_time(matvec, op, v, repeats=repeats if n <= 256 else 1)
             row["dense_s"] = best_time(dense, op, repeats=repeats if n <= 256 else 1)
             row["matvec_xla_bytes_per_device"] = _xla_peak(matvec)
             row["dense_xla_bytes_per_device"] = _xla_peak(dense)
             row["matvec_model_bytes_per_device"] = memory.matvec_bytes(width, n, probe_block=PROBES, **shape)
             row["dense_model_bytes_per_device"] = memory.exact_kernel_bytes(width, n, **shape)
-            row["matvec_rss_rise_bytes"] = _rss_rise(matvec, op, v)
-            row["dense_rss_rise_bytes"] = _rss_rise(dense, op)
             name = f"{save_dir}/n{n}_{row['mesh']}"
-            np.save(name + "_kv.npy", np.asarray(matvec(op, v)))
-            np.save(name + "_k.npy", _sample_rows(np.asarray(dense(op))))
+            np.save(name + "_kv.npy", np.asarray(kv))
+            np.save(name + "_k.npy", _sample_rows(np.asarray(k)))
+            del kv, k
             row["files"] = name
             rows.append(row)
             print(json.dumps(row), file=sys.stderr, flush=True)
@@ -155,8 +162,11 @@ def _argument_bytes(*trees) -> int:
     return sum(leaf.nbytes for leaf in jax.tree.leaves(trees) if hasattr(leaf, "nbytes"))
 
 
-def _memory_check(widths: list[int], n_ntk: int, n_exact: int, n_train: int) -> list[dict]:
-    """Predicted against measured peak bytes on one device (the process's only device)."""
+def _memory_check_one(workload: str, width: int, n: int) -> dict:
+    """Predicted against measured peak bytes of one workload on one device, in a fresh process:
+    build and compile, then the rise of the resident set during the first call plus the bytes of
+    the arguments already resident (in a process that has run other programs, buffers freed late
+    hide part of the rise)."""
     import jax
     import jax.numpy as jnp
     from flax import nnx
@@ -166,31 +176,34 @@ def _memory_check(widths: list[int], n_ntk: int, n_exact: int, n_train: int) -> 
     from ntkspec import memory
     from ntkspec.operator import _dense, _matmat
 
-    rows = []
-    for width in widths:
-        model = _MLP(width, nnx.Rngs(1))
-        x = jax.random.uniform(jax.random.key(0), (max(n_ntk, n_exact), 784), jnp.float32)
-        op = ntkspec.ntk(model, x[:n_ntk])
-        v = jax.random.normal(jax.random.key(2), (n_ntk * 10, PROBES), jnp.float32)
-        compiled = _matmat.lower(op, v).compile()
-        compiled(op, v)  # warm: first-call allocations are not part of the program's peak
-        measured = _rss_rise(compiled, op, v) + _argument_bytes(op, v)
-        predicted = memory.matvec_bytes(width, n_ntk, probe_block=PROBES)
-        rows.append(_check_row("matvec", width, n_ntk, predicted, measured, _xla_peak(compiled)))
-
-        op = ntkspec.ntk(model, x[:n_exact])
-        compiled = _dense.lower(op, "auto").compile()
-        compiled(op)
-        measured = _rss_rise(compiled, op) + _argument_bytes(op)
-        predicted = memory.exact_kernel_bytes(width, n_exact)
-        rows.append(_check_row("exact", width, n_exact, predicted, measured, _xla_peak(compiled)))
-
-        step, args = _training_step(width, n_train, None)
-        resident = _argument_bytes(*args)
-        measured = _rss_rise(step, *args) + resident  # donated: the call consumes args
-        predicted = memory.training_bytes(width, n_train)
-        rows.append(_check_row("training", width, n_train, predicted, measured, _xla_peak(step)))
-    return rows
+    if workload == "training":
+        compiled, args = _training_step(width, n, None)
+        predicted = memory.training_bytes(width, n)
+    else:
+        x = jax.random.uniform(jax.random.key(0), (n, 784), jnp.float32)
+        op = ntkspec.ntk(_MLP(width, nnx.Rngs(1)), x)
+        if workload == "matvec":
+            v = jax.random.normal(jax.random.key(2), (n * 10, PROBES), jnp.float32)
+            compiled, args = _matmat.lower(op, v).compile(), (op, v)
+            predicted = memory.matvec_bytes(width, n, probe_block=PROBES)
+        else:
+            compiled, args = _dense.lower(op, "auto").compile(), (op,)
+            predicted = memory.exact_kernel_bytes(width, n)
+    resident = _argument_bytes(*args)  # counted before a donated call consumes them
+    measured = _rss_rise(compiled, *args) + resident
+    xla = _xla_peak(compiled)
+    row = {
+        "workload": workload,
+        "width": width,
+        "n": n,
+        "predicted_bytes": predicted,
+        "measured_rss_bytes": measured,
+        "xla_bytes": xla,
+        "predicted_over_rss": predicted / measured,
+        "predicted_over_xla": predicted / xla,
+    }
+    print(json.dumps(row), file=sys.stderr, flush=True)
+    return row
 
 
 def _training_sharded(devices: int, width: int, n_train: int) -> list[dict]:
@@ -218,19 +231,46 @@ def _training_sharded(devices: int, width: int, n_train: int) -> list[dict]:
     return rows
 
 
-def _check_row(workload, width, n, predicted, measured, xla) -> dict:
-    row = {
-        "workload": workload,
-        "width": width,
-        "n": n,
-        "predicted_bytes": predicted,
-        "measured_rss_bytes": measured,
-        "xla_bytes": xla,
-        "predicted_over_rss": predicted / measured,
-        "predicted_over_xla": predicted / xla,
-    }
-    print(json.dumps(row), file=sys.stderr, flush=True)
-    return row
+def capacity(
+    budgets=(("80 GB", 80 * 10**9), ("24 GB", 24 * 10**9)),
+    devices=(1, 2, 4, 8),
+    depths=(3, 4),
+    n_train: int = 60_000,
+    n_ntk: int = 128,
+    exact_width: int = 1024,
+) -> list[dict]:
+    """The memory model's answers: per depth, device memory and device count, the largest width
+    for a full-batch Adam step on `n_train` samples and for a matvec (N = `n_ntk`, 32 probes), each
+    over every mesh data x model = D, and the largest exact-kernel NTK batch at `exact_width`."""
+    from ntkspec import memory
+
+    rows = []
+    for depth in depths:
+        for label, budget in budgets:
+            for d in devices:
+                meshes = [(d // m, m) for m in range(1, d + 1) if d % m == 0]
+                row = {"depth": depth, "device_memory": label, "devices": d}
+                for workload in ("training", "matvec"):
+                    best = max(
+                        (
+                            memory.largest_width(
+                                budget,
+                                m,
+                                workload=workload,
+                                n_train=n_train,
+                                n_samples=n_ntk,
+                                probe_block=PROBES,
+                                depth=depth,
+                                devices_data=data,
+                            ),
+                            f"data={data},model={m}",
+                        )
+                        for data, m in meshes
+                    )
+                    row[f"{workload}_width"], row[f"{workload}_mesh"] = best
+                row["exact_n"] = memory.largest_ntk_batch(budget, exact_width, depth=depth, devices_data=d)
+                rows.append(row)
+    return rows
 
 
 def _spawn(args: list[str], devices: int) -> dict:
@@ -255,26 +295,54 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 def run(devices, width, ns, repeats, check_widths, n_train) -> dict:
     from benchmarks._timing import machine
 
-    rows, training = [], []
+    rows, training, max_rss = [], [], {}
     with tempfile.TemporaryDirectory() as save_dir:
         for d in devices:
             common = ["--width", str(width), "--n-train", str(n_train)]
-            out = _spawn(["--worker", str(d), *common, "--ns", ",".join(map(str, ns)), "--save-dir", save_dir, "--repeats", str(repeats)], d)
+            out = _spawn(
+                [
+                    "--worker",
+                    str(d),
+                    *common,
+                    "--ns",
+                    ",".join(map(str, ns)),
+                    "--save-dir",
+                    save_dir,
+                    "--repeats",
+                    str(repeats),
+                ],
+                d,
+            )
             rows += out["rows"]
+            max_rss[d] = out["max_rss_bytes"]
             training += out["training"]
         reference = {row["n"]: row["files"] for row in rows if row["devices"] == 1}
         for row in rows:
             ref, name = reference[row["n"]], row.pop("files")
             row["matvec_max_rel_diff_vs_1"] = _relative(np.load(name + "_kv.npy"), np.load(ref + "_kv.npy"))
             row["dense_max_rel_diff_vs_1"] = _relative(np.load(name + "_k.npy"), np.load(ref + "_k.npy"))
-    check = _spawn(["--check", ",".join(map(str, check_widths)), "--n-train", str(n_train)], 1)["check"]
-    return {"machine": machine(), "probes": PROBES, "rows": rows, "training": training, "check": check}
+    check = [
+        _spawn(["--check", f"{workload},{width},{n}"], 1)
+        for width in check_widths
+        for workload, n in (("matvec", 128), ("exact", 512), ("training", n_train))
+    ]
+    return {
+        "machine": machine(),
+        "probes": PROBES,
+        "rows": rows,
+        "training": training,
+        "worker_max_rss_bytes": max_rss,
+        "check": check,
+        "capacity": capacity(n_train=60_000),
+    }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--devices", default="1,2,4,8")
-    parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--ns", default="128,1024")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--check-widths", default="256,512,1024")
@@ -285,12 +353,16 @@ def main() -> None:
     parser.add_argument("--save-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
-        rows = _worker(args.worker, args.width, [int(n) for n in args.ns.split(",")], args.repeats, args.save_dir)
+        rows = _worker(
+            args.worker, args.width, [int(n) for n in args.ns.split(",")], args.repeats, args.save_dir
+        )
         training = _training_sharded(args.worker, args.width, args.n_train)
-        print(json.dumps({"rows": rows, "training": training}))
+        max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        print(json.dumps({"rows": rows, "training": training, "max_rss_bytes": max_rss}))
         return
     if args.check is not None:
-        print(json.dumps({"check": _memory_check([int(w) for w in args.check.split(",")], 128, 1024, args.n_train)}))
+        workload, width, n = args.check.split(",")
+        print(json.dumps(_memory_check_one(workload, int(width), int(n))))
         return
     result = run(
         [int(d) for d in args.devices.split(",")],
@@ -305,6 +377,12 @@ def main() -> None:
             f"D={row['devices']} {row['mesh']:>14} N={row['n']:>5}: matvec {row['matvec_s'] * 1e3:8.1f} ms, "
             f"dense {row['dense_s']:7.3f} s, max rel diff vs D=1: K V {row['matvec_max_rel_diff_vs_1']:.1e}, "
             f"K {row['dense_max_rel_diff_vs_1']:.1e}"
+        )
+    for row in result["capacity"]:
+        print(
+            f"L={row['depth']} {row['device_memory']} D={row['devices']}: width {row['training_width']:,} "
+            f"({row['training_mesh']}) trains; matvec to width {row['matvec_width']:,} "
+            f"({row['matvec_mesh']}); exact kernel to N = {row['exact_n']:,}"
         )
     if args.out:
         with open(args.out, "w") as f:

@@ -11,23 +11,28 @@ ones XLA's buffer assignment gives for the compiled programs (checked by
 `benchmarks/device_scaling.py` against `Compiled.memory_analysis()` and the process RSS):
 
 training step (Adam, full batch of n samples, state updated in place)
-    4 P_dev (params, gradients, two moments) + n_dev (d_in + 2 (L-1) w_dev + 3 C) activations
+    4 P_dev (params, gradients, two moments) + n_dev (d_in + 2 (L-1) w + 3 C) activations
     (the input, two arrays per hidden layer, e.g. the ReLU output and its cotangent; logits,
-    softmax and their cotangent);
+    softmax and their cotangent). The activations are split on "data" only: with column-split
+    weights the partitioner gathers each hidden activation whole for the next layer;
 matvec K V for a block of k probes (`NTKOperator.matvec`)
     P_dev + c k P_dev, copies of the parameter-shaped J^T V: c = 1, plus 1 when there are several
     sample chunks (the scan's carry beside the chunk's term), plus 1 when "data" > 1 (the
     all-reduce over "data"; probes are not split over devices) + s_dev (sum_l d_l + 4 k (L-1) w_dev)
     activations of one sample chunk (primal, and two tangents per hidden layer and probe in each
-    of the reverse and forward passes) + 2 N C k (V and K V, replicated);
+    of the reverse and forward passes; when "model" > 1, plus s_dev k w for one layer's tangents
+    gathered whole) + 2 N C k (V and K V, replicated);
 exact kernel (`NTKOperator.dense()`, structured path)
-    4 (N C)^2 / data (the accumulator, one layer's Delta Delta^T, its product with the Gram of the
-    inputs, the output; rows on "data") + N C sum_l d_out,l (the Delta_l) + N sum_l d_in,l (the A_l)
-    + P_dev.
+    c (N C)^2 / data with c = 4 (the accumulator, one layer's Delta Delta^T, its product with the
+    Gram of the inputs, the output; rows on "data"), c = 5 when "model" > 1 (Delta Delta^T is a
+    contraction over the split features: partial sums, then an all-reduce) + N C sum_l d_out,l
+    (the Delta_l) + N sum_l d_in,l (the A_l) + P_dev. Splitting on "model" does not shrink it.
 
 Here P_dev is the parameter count on one device, w_dev = w / model, n_dev = ceil(n / data),
 s_dev = ceil(chunk / data). `largest_width` and `largest_ntk_batch` invert these by bisection.
-Float32 (4 bytes) unless `itemsize` says otherwise.
+Float32 (4 bytes) unless `itemsize` says otherwise. The counts are XLA:CPU's; a GPU compiler
+schedules and fuses differently, so treat the figures as estimates (benchmarks/RESULTS.md gives the
+measured agreement).
 """
 
 from __future__ import annotations
@@ -94,15 +99,15 @@ def training_bytes(
     """Peak bytes per device of one full-batch Adam training step on `n_train` samples.
 
     Parameters, gradients and both Adam moments (4 P, split on "model"), plus the activations the
-    backward pass keeps: per sample the input, two arrays per hidden layer (hidden features split on
-    "model"), and logits, softmax and their cotangent.
+    backward pass keeps (split over "data" only): per sample the input, two arrays per hidden
+    layer, and logits, softmax and their cotangent.
     """
     sizes = _sizes(width, depth, d_in, n_outputs)
     _check("n_train", n_train)
     _mesh(devices_data, devices_model)
     state = 4 * _parameters_per_device(sizes, devices_model)
     n_dev = -(-n_train // devices_data)
-    per_sample = d_in + 2 * (depth - 1) * -(-width // devices_model) + 3 * n_outputs
+    per_sample = d_in + 2 * (depth - 1) * width + 3 * n_outputs
     return itemsize * (state + n_dev * per_sample)
 
 
@@ -136,6 +141,8 @@ def matvec_bytes(
     s_dev = -(-chunk // devices_data)
     w_dev = -(-width // devices_model)
     activations = s_dev * (sum(sizes) + 4 * probe_block * (depth - 1) * w_dev)
+    if devices_model > 1:  # one layer's probe tangents gathered whole across "model"
+        activations += s_dev * probe_block * width
     vectors = 2 * n_samples * n_outputs * probe_block
     return itemsize * (params + copies * probe_block * params + activations + vectors)
 
@@ -153,14 +160,16 @@ def exact_kernel_bytes(
 ) -> int:
     """Peak bytes per device of the structured exact kernel `NTKOperator.dense()`.
 
-    4 (N C)^2 / data (kernel accumulator, Delta_l Delta_l^T, its product with A_l A_l^T + 1, the
-    output; rows on "data") + the factors Delta_l (N C d_out,l) and A_l (N d_in,l) + the params.
+    c (N C)^2 / data (kernel accumulator, Delta_l Delta_l^T, its product with A_l A_l^T + 1, the
+    output; rows on "data"; c = 4, or 5 when "model" > 1 for the all-reduce of Delta_l Delta_l^T)
+    + the factors Delta_l (N C d_out,l) and A_l (N d_in,l) + the params.
     """
     sizes = _sizes(width, depth, d_in, n_outputs)
     _check("n_samples", n_samples)
     _mesh(devices_data, devices_model)
     rows = n_samples * n_outputs
-    kernel = 4 * -(-(rows * rows) // devices_data)
+    copies = 4 + (devices_model > 1)  # a "model" split adds the all-reduce of Delta_l Delta_l^T
+    kernel = copies * -(-(rows * rows) // devices_data)
     factors = rows * sum(sizes[1:]) + n_samples * sum(sizes[:-1])
     return itemsize * (kernel + factors + _parameters_per_device(sizes, devices_model))
 
