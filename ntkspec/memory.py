@@ -18,10 +18,10 @@ training step (Adam, full batch of n samples, state updated in place)
 matvec K V for a block of k probes (`NTKOperator.matvec`)
     P_dev + c k P_dev, copies of the parameter-shaped J^T V: c = 1, plus 1 when there are several
     sample chunks (the scan's carry beside the chunk's term), plus 1 when "data" > 1 (the
-    all-reduce over "data"; probes are not split over devices) + s_dev (sum_l d_l + 4 k (L-1) w_dev)
-    activations of one sample chunk (primal, and two tangents per hidden layer and probe in each
-    of the reverse and forward passes; when "model" > 1, plus s_dev k w for one layer's tangents
-    gathered whole) + 2 N C k (V and K V, replicated);
+    all-reduce over "data"; probes are not split over devices) + s_dev (sum_l d_l + t k (L-1) w_dev)
+    activations of one sample chunk (primal, and t = 2 tangents per hidden layer and probe; t = 4
+    with a single chunk, where XLA overlaps the reverse and the forward pass; when "model" > 1,
+    plus s_dev k w for one layer's tangents gathered whole) + 2 N C k (V and K V, replicated);
 exact kernel (`NTKOperator.dense()`, structured path)
     c (N C)^2 / data with c = 4 (the accumulator, one layer's Delta Delta^T, its product with the
     Gram of the inputs, the output; rows on "data"), c = 5 when "model" > 1 (Delta Delta^T is a
@@ -137,10 +137,12 @@ def matvec_bytes(
     chunk = min(n_samples, 256) if chunk_size is None else chunk_size
     _check("chunk_size", chunk)
     params = _parameters_per_device(sizes, devices_model)
-    copies = 1 + (n_samples > chunk) + (devices_data > 1)
+    several = n_samples > chunk
+    copies = 1 + several + (devices_data > 1)
     s_dev = -(-chunk // devices_data)
     w_dev = -(-width // devices_model)
-    activations = s_dev * (sum(sizes) + 4 * probe_block * (depth - 1) * w_dev)
+    tangents = 2 if several else 4  # one chunk: the reverse and forward passes' tangents overlap
+    activations = s_dev * (sum(sizes) + tangents * probe_block * (depth - 1) * w_dev)
     if devices_model > 1:  # one layer's probe tangents gathered whole across "model"
         activations += s_dev * probe_block * width
     vectors = 2 * n_samples * n_outputs * probe_block
