@@ -14,7 +14,9 @@ at N = 128 and N = 1024. Each worker records, per mesh and N:
 and, per worker, its peak resident set (`getrusage` maxrss: all simulated devices together) and
 XLA's per-device peak of a full-batch Adam step (`optax.adam`) against the model.
 
-Then a memory check on one device, one fresh process per measurement: for a few widths, predicted
+Then a compile-only sweep of the matvec's per-device peak (XLA) against the model, widths 256 and
+1024, N = 128, 512, 1024, on six meshes of 8 devices up to data=1,model=8. And a memory check on one
+device, one fresh process per measurement: for a few widths, predicted
 bytes against the process peak (the rise of the resident set during the first call, VmHWM after
 resetting it through /proc/self/clear_refs minus VmRSS before, plus the bytes of the arguments
 already resident) and against XLA's figure, for the matvec, the exact kernel and the Adam step.
@@ -206,6 +208,41 @@ def _memory_check_one(workload: str, width: int, n: int) -> dict:
     return row
 
 
+SWEEP_MESHES = ("data=1", "data=2", "data=8", "data=1,model=2", "data=1,model=8", "data=4,model=2")
+
+
+def _matvec_sweep(widths: list[int], ns: list[int]) -> list[dict]:
+    """Compile only (no run): XLA's per-device peak of the matvec against the model over widths,
+    batch sizes and meshes of 8 devices."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    import ntkspec
+    from benchmarks.dense_kernel import _MLP
+    from ntkspec import memory
+    from ntkspec.operator import _matmat
+    from ntkspec.sharding import make_mesh
+
+    rows = []
+    for width in widths:
+        model = _MLP(width, nnx.Rngs(1))
+        for n in ns:
+            x = jax.random.uniform(jax.random.key(0), (n, 784), jnp.float32)
+            v = jnp.ones((n * 10, PROBES), jnp.float32)
+            for spec in SWEEP_MESHES:
+                mesh = make_mesh(spec)
+                data, model_axis = _mesh_shape(mesh)
+                xla = _xla_peak(_matmat.lower(ntkspec.ntk(model, x, mesh=mesh), v).compile())
+                predicted = memory.matvec_bytes(
+                    width, n, probe_block=PROBES, devices_data=data, devices_model=model_axis
+                )
+                rows.append(
+                    {"width": width, "n": n, "mesh": spec, "xla_bytes": xla, "predicted_bytes": predicted}
+                )
+    return rows
+
+
 def _training_sharded(devices: int, width: int, n_train: int) -> list[dict]:
     """XLA's per-device peak of the sharded training step against the model, on each mesh."""
     from ntkspec import memory
@@ -321,6 +358,7 @@ def run(devices, width, ns, repeats, check_widths, n_train) -> dict:
             ref, name = reference[row["n"]], row.pop("files")
             row["matvec_max_rel_diff_vs_1"] = _relative(np.load(name + "_kv.npy"), np.load(ref + "_kv.npy"))
             row["dense_max_rel_diff_vs_1"] = _relative(np.load(name + "_k.npy"), np.load(ref + "_k.npy"))
+    sweep = _spawn(["--sweep"], 8)["sweep"]
     check = [
         _spawn(["--check", f"{workload},{width},{n}"], 1)
         for width in check_widths
@@ -332,6 +370,7 @@ def run(devices, width, ns, repeats, check_widths, n_train) -> dict:
         "rows": rows,
         "training": training,
         "worker_max_rss_bytes": max_rss,
+        "matvec_sweep": sweep,
         "check": check,
         "capacity": capacity(n_train=60_000),
     }
@@ -350,6 +389,7 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     parser.add_argument("--worker", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--check", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--sweep", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--save-dir", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker is not None:
@@ -359,6 +399,9 @@ def main() -> None:
         training = _training_sharded(args.worker, args.width, args.n_train)
         max_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         print(json.dumps({"rows": rows, "training": training, "max_rss_bytes": max_rss}))
+        return
+    if args.sweep:
+        print(json.dumps({"sweep": _matvec_sweep([256, 1024], [128, 512, 1024])}))
         return
     if args.check is not None:
         workload, width, n = args.check.split(",")
