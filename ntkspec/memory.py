@@ -24,7 +24,8 @@ matvec K V for a block of k probes (`NTKOperator.matvec`)
     plus s_dev k w for one layer's tangents gathered whole) + 2 N C k (V and K V, replicated);
 exact kernel (`NTKOperator.dense()`, structured path)
     c (N C)^2 / data with c = 4 (the accumulator, one layer's Delta Delta^T, its product with the
-    Gram of the inputs, the output; rows on "data"), c = 5 when "model" > 1 (Delta Delta^T is a
+    Gram of the inputs, the output; rows on "data", assuming N C divides by it: uneven rows are
+    replicated), c = 5 when "model" > 1 (Delta Delta^T is a
     contraction over the split features: partial sums, then an all-reduce) + N C sum_l d_out,l
     (the Delta_l) + N sum_l d_in,l (the A_l) + P_dev. Splitting on "model" does not shrink it.
 

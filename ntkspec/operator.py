@@ -189,4 +189,4 @@ def _diagonal(op: NTKOperator) -> jax.Array:
 @functools.partial(jax.jit, static_argnums=1)
 def _dense(op: NTKOperator, path: str) -> jax.Array:
     k = exact.kernel(op.apply, op.params, op.state, op.x, op.chunk_size, path)
-    return sharding.constrain_samples(k, op.mesh)  # rows of K on "data"
+    return sharding.constrain_samples(k, op.mesh)  # rows of K on "data" (replicated if uneven)
