@@ -24,10 +24,10 @@ matvec K V for a block of k probes (`NTKOperator.matvec`)
     plus s_dev k w for one layer's tangents gathered whole) + 2 N C k (V and K V, replicated);
 exact kernel (`NTKOperator.dense()`, structured path)
     c (N C)^2 / data with c = 4 (the accumulator, one layer's Delta Delta^T, its product with the
-    Gram of the inputs, the output; rows on "data", assuming N C divides by it: uneven rows are
-    replicated), c = 5 when "model" > 1 (Delta Delta^T is a
-    contraction over the split features: partial sums, then an all-reduce) + N C sum_l d_out,l
-    (the Delta_l) + N sum_l d_in,l (the A_l) + P_dev. Splitting on "model" does not shrink it.
+    Gram of the inputs, the output; rows on "data", assuming N C divides by it: uneven rows stay
+    replicated) or c = 5 when "model" > 1 (Delta Delta^T contracts over the split features:
+    partial sums, then an all-reduce) + N C sum_l d_out,l (the Delta_l) + N sum_l d_in,l (the
+    A_l) + P_dev. Splitting on "model" does not shrink it.
 
 Here P_dev is the parameter count on one device, w_dev = w / model, n_dev = ceil(n / data),
 s_dev = ceil(chunk / data). `largest_width` and `largest_ntk_batch` invert these by bisection.
