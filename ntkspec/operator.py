@@ -188,4 +188,5 @@ def _diagonal(op: NTKOperator) -> jax.Array:
 
 @functools.partial(jax.jit, static_argnums=1)
 def _dense(op: NTKOperator, path: str) -> jax.Array:
-    return exact.kernel(op.apply, op.params, op.state, op.x, op.chunk_size, path)
+    k = exact.kernel(op.apply, op.params, op.state, op.x, op.chunk_size, path)
+    return sharding.constrain_samples(k, op.mesh)  # rows of K on "data" (replicated if uneven)

@@ -79,3 +79,14 @@ def test_uneven_width_gets_a_clear_error():
         r".*multiples of 8",
     ):
         shard_params({"w": jnp.zeros((300, 300))}, mesh)
+
+
+def test_dense_kernel_rows_on_data():
+    # K's rows are split on "data" when they divide evenly (8 samples x 3 outputs over 4), so the
+    # exact kernel's memory per device falls with the devices; uneven rows stay replicated.
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0), width=16)
+    x = inputs("relu_mlp", 0, 8, jnp.float32)
+    k = ntkspec.ntk(module, x, mesh=make_mesh("data=4,model=2")).dense()
+    assert k.sharding.spec == P("data")
+    assert k.addressable_shards[0].data.shape == (6, 24)
+    _close(k, ntkspec.ntk(module, x).dense())
