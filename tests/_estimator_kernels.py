@@ -22,16 +22,17 @@ def power_law(alpha: float, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, n
 
 
 @functools.lru_cache(maxsize=None)
-def digits_ntk(num_samples: int = 100, width: int = 128, seed: int = 0) -> np.ndarray:
+def digits_ntk(num_samples: int = 100, width: int = 64, seed: int = 0) -> np.ndarray:
     """Empirical NTK K = J Jᵀ (float64, sample-major rows i·C + c) of a ReLU MLP 64→w→w→10 at init."""
     x, _ = digits_data(num_samples)
     params = _mlp_init(jax.random.key(seed), [64, width, width, 10])
     flat, unravel = ravel_pytree(params)
 
-    def outputs(p):
-        return _mlp_apply(unravel(p), x).reshape(-1)
+    def outputs(p, sample):
+        return _mlp_apply(unravel(p), sample[None])[0]
 
-    jac = jax.jacrev(outputs)(flat)
+    # Per-sample Jacobians (C, P), stacked sample-major into J (N·C, P).
+    jac = jax.vmap(jax.jacrev(outputs), in_axes=(None, 0))(flat, x).reshape(-1, flat.size)
     return np.asarray(jac @ jac.T)
 
 

@@ -58,7 +58,7 @@ def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDe
             "Take fewer steps, or diagonalise the kernel exactly.",
         )
     proj = projected_dtype(dtype)
-    first, _ = jnp.linalg.qr(start.astype(dtype))
+    first, _ = _orthonormalise(start.astype(dtype))
     basis = jnp.zeros((n, (s + 1) * b), dtype).at[:, :b].set(first)
 
     def step(j, carry):
@@ -68,10 +68,10 @@ def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDe
         a = block.T @ w
         # Unfilled columns of `basis` are zero, so projecting on all of it is projecting on Q_{1..j}.
         w = _orthogonalise(basis, w)
-        new, coupling = jnp.linalg.qr(w)
+        new, coupling = _orthonormalise(w)
         # Breakdown guard: re-orthogonalise the QR factor itself (its columns are arbitrary where w
         # vanished) and fold the second factor into the coupling, which is then ~0 there.
-        new, second = jnp.linalg.qr(_orthogonalise(basis, new))
+        new, second = _orthonormalise(_orthogonalise(basis, new))
         coupling = second @ coupling
         basis = jax.lax.dynamic_update_slice_in_dim(basis, new, (j + 1) * b, axis=1)
         diag_blocks = diag_blocks.at[j].set(((a + a.T) / 2).astype(proj))
@@ -104,3 +104,13 @@ def _orthogonalise(basis: jax.Array, w: jax.Array) -> jax.Array:
     """w − Q(Qᵀw), applied twice (classical Gram–Schmidt with reorthogonalisation)."""
     w = w - basis @ (basis.T @ w)
     return w - basis @ (basis.T @ w)
+
+
+def _orthonormalise(w: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Thin QR of w (n, b). For b = 1 a normalisation (a zero vector stays zero): it is cheaper, and
+    batched QR is slow on CPU when single-vector Lanczos runs are vmapped over probes."""
+    if w.shape[1] > 1:
+        return jnp.linalg.qr(w)
+    norm = jnp.linalg.norm(w)
+    tiny = jnp.finfo(w.dtype).tiny
+    return jnp.where(norm > tiny, w / jnp.where(norm > tiny, norm, 1.0), 0.0), norm.reshape(1, 1)

@@ -167,7 +167,7 @@ def krylov_spectrum(
     decomposition = block_lanczos(matvec, omega, num_steps=blocks, n=n, dtype=dtype)
     c = q * b
     s0_gauss, s0_radau = _gauss_radau(
-        decomposition.tridiagonal, decomposition.next_coupling, c
+        decomposition.tridiagonal, decomposition.next_coupling, c, dtype
     )
     t0 = jnp.trace(decomposition.tridiagonal[:c, :c])
     qbar = decomposition.basis[:, :c]
@@ -237,7 +237,7 @@ def _probe_quadrature(matvec, z, num_steps, n, dtype):
     def one(v):
         decomposition = block_lanczos(matvec, v[:, None], num_steps=num_steps, n=n, dtype=dtype)
         t = decomposition.tridiagonal
-        gauss, radau = _gauss_radau(t, decomposition.next_coupling, 1)
+        gauss, radau = _gauss_radau(t, decomposition.next_coupling, 1, dtype)
         return gauss, radau, t[0, 0]
 
     gauss, radau, first = jax.vmap(one, in_axes=1)(z)
@@ -245,16 +245,18 @@ def _probe_quadrature(matvec, z, num_steps, n, dtype):
     return norms * gauss, norms * radau, norms * first
 
 
-def _gauss_radau(t, coupling, cols):
+def _gauss_radau(t, coupling, cols, dtype):
     """Σ over the first `cols` unit vectors eᵢ of eᵢᵀ f(T) eᵢ (Gauss) and of the Radau extension.
 
     The Radau matrix appends one block with diagonal Ω̃ = B [T⁻¹]_{ss} Bᵀ (B the next coupling), which
-    makes 0 an eigenvalue of multiplicity b (Golub & Meurant 2010, §6.2 and the block form).
+    makes 0 an eigenvalue of multiplicity b (Golub & Meurant 2010, §6.2 and the block form). Ritz
+    values below the working dtype's resolution (eps·θ_max·dim) are floored there in T⁻¹: they are
+    round-off, and dividing by them would only loosen the bracket.
     """
     theta, u = jnp.linalg.eigh(t)
     gauss = jnp.sum(u[:cols] ** 2 * xlogx(theta))
     b = coupling.shape[0]
-    floor = jnp.finfo(t.dtype).eps * t.shape[0] * jnp.max(jnp.abs(theta))
+    floor = jnp.finfo(dtype).eps * t.shape[0] * jnp.max(jnp.abs(theta))
     floor = jnp.where(floor > 0, floor, jnp.finfo(t.dtype).tiny)
     inverse = 1.0 / jnp.clip(theta, floor)
     t_inv_last = (u[-b:] * inverse) @ u[-b:].T
