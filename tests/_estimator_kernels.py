@@ -80,3 +80,17 @@ def _mlp_apply(params, x):
         x = jax.nn.relu(x @ w + b)
     w, b = params[-1]
     return x @ w + b
+
+
+@functools.lru_cache(maxsize=None)
+def reference(label: str) -> tuple[np.ndarray, dict]:
+    """(K, exact summary) for the n = 1000 test kernels: "alpha=0.5|1|2", "ntk", "cosine"."""
+    if label.startswith("alpha="):
+        kernel = power_law(float(label.removeprefix("alpha=")))[0]
+    elif label == "ntk":
+        kernel = digits_ntk()
+    elif label == "cosine":
+        kernel = cosine(digits_ntk())
+    else:
+        raise KeyError(label)
+    return kernel, exact_summary(kernel)
