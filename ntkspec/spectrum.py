@@ -1,4 +1,4 @@
-"""One entry point for the spectrum of a kernel: `spectrum(op, method=...)` returns a `Spectrum` record.
+"""One entry point for the spectrum of a kernel: `spectrum(op, method=...)` returns a `Spectrum`.
 
 Spectral entropy (von Neumann entropy of the trace-normalised kernel) and effective rank
 (Roy & Vetterli, "The effective rank: a measure of effective dimensionality", EUSIPCO 2007):
@@ -48,8 +48,8 @@ class Spectrum:
     Standard errors are 0 for exact results. For stochastic ones, `entropy_bias_bound` bounds the
     quadrature bias of the entropy (add it to 2·stderr for a conservative interval), and
     `trace_check` ± `trace_check_stderr` is the trace re-estimated from the same matvecs, a
-    consistency check against the exact `trace`. `eigenvalues` are descending: all of them for the exact
-    method, the top ones otherwise, with `eigenvalue_residuals` ||K v - theta v|| beside them.
+    consistency check against the exact `trace`. `eigenvalues` are descending: all of them for the
+    exact method, the top ones otherwise, with `eigenvalue_residuals` ||K v - theta v|| beside them.
     `min_raw_eigenvalue` is the most negative eigenvalue before clipping to 0 (round-off; reported,
     not hidden); NaN where no full eigendecomposition was made.
     """
@@ -146,7 +146,8 @@ def _stochastic(op, key, budget: int, top_k: int, reason: str) -> Spectrum:
     )
 
 
-# Compiled once per operator structure, shape and settings (the operator is an argument, not a constant).
+# Compiled once per operator structure, shape and settings (the operator is an argument, not a
+# constant).
 _krylov_spectrum_jit = jax.jit(krylov_spectrum, static_argnames=("budget", "top_k"))
 
 
@@ -171,8 +172,8 @@ def spectrum(
     ----------
     op : the kernel: an `NTKOperator`, anything with `.shape`, `.dtype`, `.matvec`, `.diagonal()`
         and `.dense()`, or a dense square array (wrapped by `ntkspec.estimators.as_operator`).
-    method : "exact" forms and diagonalises K; "stochastic" uses the exact diagonal for the trace and
-        the Krylov-aware estimator for entropy, effective rank and top eigenvalues; "auto" picks
+    method : "exact" forms and diagonalises K; "stochastic" uses the exact diagonal for the trace
+        and the Krylov-aware estimator for entropy, effective rank and top eigenvalues; "auto" picks
         exact when n² · itemsize <= `memory_budget` and `exact_cost(n)` <= `budget`, and says why in
         the record's `reason`.
     key : PRNG key, required whenever the stochastic method runs.
@@ -216,7 +217,9 @@ def spectrum(
         return _exact(op, top_k, reason)
     if key is None:
         raise bad_value(
-            "key", None, "a PRNG key for the stochastic method",
+            "key",
+            None,
+            "a PRNG key for the stochastic method",
             f"Pass key=jax.random.key(seed) ({reason}).",
         )
     return _stochastic(op, key, budget, DEFAULT_TOP_K if top_k is None else top_k, reason)

@@ -1,4 +1,4 @@
-"""Reference kernels for the estimator tests: power-law spectra and a digits-MLP NTK (float64, cached)."""
+"""Reference kernels for the estimator tests: power laws and a digits-MLP NTK (float64, cached)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from jax.flatten_util import ravel_pytree
 from sklearn.datasets import load_digits
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def power_law(alpha: float, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(K, λ): K = U diag(λ) Uᵀ, λᵢ = i^-α, U Haar-distributed (float64 numpy)."""
     lam = np.arange(1, n + 1, dtype=np.float64) ** -alpha
@@ -21,9 +21,9 @@ def power_law(alpha: float, n: int = 1000, seed: int = 0) -> tuple[np.ndarray, n
     return (u * lam) @ u.T, lam
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_ntk(num_samples: int = 100, width: int = 64, seed: int = 0) -> np.ndarray:
-    """Empirical NTK K = J Jᵀ (float64, sample-major rows i·C + c) of a ReLU MLP 64→w→w→10 at init."""
+    """Empirical NTK K = J Jᵀ (float64, rows i·C + c) of a ReLU MLP 64→w→w→10 at init."""
     x, _ = digits_data(num_samples)
     params = _mlp_init(jax.random.key(seed), [64, width, width, 10])
     flat, unravel = ravel_pytree(params)
@@ -36,7 +36,7 @@ def digits_ntk(num_samples: int = 100, width: int = 64, seed: int = 0) -> np.nda
     return np.asarray(jac @ jac.T)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def digits_data(num_samples: int = 100) -> tuple[jax.Array, np.ndarray]:
     data = load_digits()
     x = jnp.asarray(data.data[:num_samples] / 16.0, jnp.float64)
@@ -82,7 +82,7 @@ def _mlp_apply(params, x):
     return x @ w + b
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def reference(label: str) -> tuple[np.ndarray, dict]:
     """(K, exact summary) for the n = 1000 test kernels: "alpha=0.5|1|2", "ntk", "cosine"."""
     if label.startswith("alpha="):

@@ -1,4 +1,4 @@
-"""Trace estimators: calibrated standard errors over 100 keys, jit, dtypes, operator forms, errors."""
+"""Trace estimators: calibrated standard errors over 100 keys, jit, dtypes, operator forms."""
 
 import functools
 
@@ -10,10 +10,15 @@ from _estimator_kernels import digits_ntk, power_law
 
 from ntkspec.estimators import as_operator, hutchinson, hutchpp, xnystrace, xtrace
 
-ESTIMATORS = {"hutchinson": hutchinson, "hutchpp": hutchpp, "xtrace": xtrace, "xnystrace": xnystrace}
+ESTIMATORS = {
+    "hutchinson": hutchinson,
+    "hutchpp": hutchpp,
+    "xtrace": xtrace,
+    "xnystrace": xnystrace,
+}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _batched(name: str, num_matvecs: int):
     """One compiled function per estimator: (kernel, keys) -> estimates over keys.
 

@@ -1,4 +1,4 @@
-"""spectrum(): auto chooses exact or stochastic and says why; stochastic matches exact float64 references."""
+"""spectrum(): auto picks exact or stochastic and says why; stochastic matches exact references."""
 
 import dataclasses
 

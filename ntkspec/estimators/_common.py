@@ -11,9 +11,9 @@ import numpy as np
 from ntkspec._errors import bad_value, describe
 
 
-def projected_dtype(dtype) -> jnp.dtype:
-    """float64 where JAX has x64 enabled, else float32: the dtype of small projected problems."""
-    del dtype
+def projected_dtype() -> jnp.dtype:
+    """float64 where JAX has x64 enabled, else float32: the dtype of small projected problems and
+    of accumulated traces and quadratic forms, whatever the working dtype of the kernel."""
     return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
 
 

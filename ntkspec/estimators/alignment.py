@@ -7,7 +7,8 @@ alignment", NeurIPS 2001) of a kernel K with targets Y (n, t):
 
 NTK layout. The empirical NTK of N samples and C outputs has n = N·C sample-major rows, row i·C + c.
 `one_hot_targets(labels, C)` returns the flattened one-hot vector y with y[i·C + c] = [labels_i = c]
-(optionally centred by subtracting 1/C), so the target kernel is the rank-one (N·C)×(N·C) matrix yyᵀ:
+(optionally centred by subtracting 1/C), so the target kernel is the rank-one (N·C)×(N·C)
+matrix yyᵀ:
 K's (i, c), (j, c′) entry is paired with [c = labels_i][c′ = labels_j], the function-space target of
 the network's outputs. Then ⟨K, yyᵀ⟩ = yᵀKy (one matvec, exact) and ‖yyᵀ‖_F = ‖y‖², and only ‖K‖_F²
 needs estimating when K is matrix-free.
@@ -61,7 +62,7 @@ class Rotation(NamedTuple):
 
 
 def one_hot_targets(labels, num_classes: int, *, center: bool = False) -> jax.Array:
-    """Flattened sample-major one-hot targets y (N·C,): y[i·C + c] = [labels_i = c] (− 1/C if `center`)."""
+    """Sample-major one-hot targets y (N·C,): y[i·C + c] = [labels_i = c], minus 1/C if `center`."""
     c = check_positive_int("num_classes", num_classes, 2)
     y = jax.nn.one_hot(jnp.asarray(labels), c)
     if center:
@@ -73,7 +74,7 @@ def kernel_target_alignment(kernel, targets) -> AlignmentEstimate:
     """Exact alignment of a dense kernel (n, n) with targets (n,) or (n, t)."""
     kernel = jnp.asarray(kernel)
     y = _targets(targets, kernel.shape[0], kernel.dtype)
-    acc = projected_dtype(kernel.dtype)
+    acc = projected_dtype()
     kernel = kernel.astype(acc)
     y = y.astype(acc)
     inner = jnp.sum(y * (kernel @ y))
@@ -89,7 +90,7 @@ def frobenius_norm_squared(op, key, *, num_matvecs: int, n=None, dtype=None) -> 
     """
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     m = check_positive_int("num_matvecs", num_matvecs, 4)
-    acc = projected_dtype(dtype)
+    acc = projected_dtype()
     k = m // 3
     key_s, key_g = jax.random.split(key)
     q, _ = jnp.linalg.qr(matvec(jax.random.rademacher(key_s, (n, k), dtype)))
@@ -109,7 +110,7 @@ def kernel_target_alignment_stochastic(
     """
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     y = _targets(targets, n, dtype)
-    acc = projected_dtype(dtype)
+    acc = projected_dtype()
     inner = jnp.sum(y.astype(acc) * matvec(y).astype(acc))
     frob = frobenius_norm_squared(matvec, key, num_matvecs=num_matvecs, n=n, dtype=dtype)
     yy = jnp.linalg.norm(y.T.astype(acc) @ y.astype(acc))
@@ -122,8 +123,10 @@ def principal_angles(u1, u2) -> Rotation:
     """Principal angles between span(u1) and span(u2), both (n, r) with orthonormal columns."""
     u1, u2 = jnp.asarray(u1), jnp.asarray(u2)
     if u1.ndim != 2 or u1.shape != u2.shape:
-        raise bad_value("u2", describe(u2), f"orthonormal columns of the same shape as u1, {u1.shape}")
-    acc = projected_dtype(u1.dtype)
+        raise bad_value(
+            "u2", describe(u2), f"orthonormal columns of the same shape as u1, {u1.shape}"
+        )
+    acc = projected_dtype()
     cosines = jnp.linalg.svd(u1.T.astype(acc) @ u2.astype(acc), compute_uv=False)
     cosines = jnp.clip(cosines, 0.0, 1.0)
     return Rotation(jnp.arccos(cosines), jnp.mean(cosines**2), u1.shape[1])
@@ -137,11 +140,13 @@ def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotati
     """
     k1, k2 = jnp.asarray(kernel1), jnp.asarray(kernel2)
     if k1.ndim != 2 or k1.shape != k2.shape or k1.shape[0] != k1.shape[1]:
-        raise bad_value("kernel2", describe(k2), f"a square kernel of the same shape as kernel1, {k1.shape}")
+        raise bad_value(
+            "kernel2", describe(k2), f"a square kernel of the same shape as kernel1, {k1.shape}"
+        )
     lam1, vec1 = jnp.linalg.eigh(k1)
     _, vec2 = jnp.linalg.eigh(k2)
     if rank is None:
-        lam = jnp.clip(lam1.astype(projected_dtype(k1.dtype)), 0.0)
+        lam = jnp.clip(lam1.astype(projected_dtype()), 0.0)
         total = jnp.sum(lam)
         entropy = jnp.log(total) - jnp.sum(xlogx(lam)) / total
         rank = max(1, round(float(jnp.exp(entropy))))
@@ -155,7 +160,9 @@ def _targets(targets, n: int, dtype) -> jax.Array:
         y = y[:, None]
     if y.ndim != 2 or y.shape[0] != n:
         raise bad_value(
-            "targets", describe(targets), f"a vector ({n},) or matrix ({n}, t)",
+            "targets",
+            describe(targets),
+            f"a vector ({n},) or matrix ({n}, t)",
             "For an NTK use one_hot_targets(labels, C), which flattens sample-major.",
         )
     return y.astype(dtype)

@@ -1,13 +1,13 @@
-"""Top-k eigenpairs of a symmetric PSD operator: thick-restarted block Lanczos with full reorthogonalisation.
+"""Top-k eigenpairs of a PSD operator: thick-restarted, fully reorthogonalised block Lanczos.
 
 Each cycle expands an orthonormal basis V block by block (V ← [V, N], N = orth((I − VVᵀ)K N_prev),
 twice-orthogonalised), keeping KV so that the Rayleigh–Ritz matrix H = VᵀKV and the residuals
 ‖Kyᵢ − θᵢyᵢ‖ are explicit. When the basis is full, it restarts thickly (Wu & Simon 2000; Stewart's
-Krylov–Schur 2001, block form): V ← the top p Ritz vectors Y, KV ← KY (no matvecs), and the expansion
-continues from the last block N, since KY − YΘ lies in span(N). Cycles repeat until the top-k
-residuals are ≤ tol·θ₁ or the matvec budget is spent. Block size ≥ C (the number of network outputs)
-is recommended for NTKs, whose top eigenvalues come in near-degenerate multiplets of size C; pick k at
-a multiplet boundary. Ritz values are clipped at 0 (K is PSD; negatives are round-off).
+Krylov–Schur 2001, block form): V ← the top p Ritz vectors Y, KV ← KY (no matvecs), and the
+expansion continues from the last block N, since KY − YΘ lies in span(N). Cycles repeat until the
+top-k residuals are ≤ tol·θ₁ or the matvec budget is spent. Block size ≥ C (the number of network
+outputs) is recommended for NTKs, whose top eigenvalues come in near-degenerate multiplets of size
+C; pick k at a multiplet boundary. Ritz values are clipped at 0 (K is PSD; negatives are round-off).
 """
 
 from __future__ import annotations
@@ -67,12 +67,13 @@ def top_eigenpairs(
     keep = min(cols - b, max(k, cols // 2))
     if keep < k or cols > n - b:
         raise bad_value(
-            "max_basis", max_basis,
+            "max_basis",
+            max_basis,
             f"room for the k = {k} kept Ritz vectors plus one block of {b} within n = {n} rows",
             "Raise max_basis (or the budget), or lower k.",
         )
     tol = float(10 * jnp.finfo(dtype).eps) if tol is None else float(tol)
-    proj = projected_dtype(dtype)
+    proj = projected_dtype()
 
     start, _ = jnp.linalg.qr(jax.random.normal(key, (n, b), dtype))
     basis = jnp.zeros((n, cols), dtype)

@@ -1,4 +1,4 @@
-"""Block Lanczos tridiagonalisation with full reorthogonalisation (Lanczos 1950; Golub & Underwood 1977).
+"""Block Lanczos with full reorthogonalisation (Lanczos 1950; Golub & Underwood 1977).
 
 From an (n, b) start block Ω, s steps build an orthonormal basis Q = [Q₁ … Q_s] of the block Krylov
 space span{Ω, KΩ, …, K^{s−1}Ω} and the block tridiagonal T = QᵀKQ:
@@ -43,7 +43,7 @@ class LanczosDecomposition(NamedTuple):
 
 
 def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDecomposition:
-    """s = `num_steps` steps of block Lanczos with full double reorthogonalisation from `start` (n, b).
+    """`num_steps` steps of block Lanczos, fully (doubly) reorthogonalised, from `start` (n, b).
 
     `start` should have full column rank; it is orthonormalised first. Costs s·b matvecs.
     """
@@ -54,10 +54,12 @@ def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDe
     b = start.shape[1]
     if (s + 1) * b > n:
         raise bad_value(
-            "num_steps", s, f"(num_steps + 1) · b <= n = {n} for b = {b}",
+            "num_steps",
+            s,
+            f"(num_steps + 1) · b <= n = {n} for b = {b}",
             "Take fewer steps, or diagonalise the kernel exactly.",
         )
-    proj = projected_dtype(dtype)
+    proj = projected_dtype()
     first, _ = _orthonormalise(start.astype(dtype))
     basis = jnp.zeros((n, (s + 1) * b), dtype).at[:, :b].set(first)
 
@@ -66,7 +68,7 @@ def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDe
         block = jax.lax.dynamic_slice_in_dim(basis, j * b, b, axis=1)
         w = matvec(block)
         a = block.T @ w
-        # Unfilled columns of `basis` are zero, so projecting on all of it is projecting on Q_{1..j}.
+        # Unfilled columns of `basis` are zero: projecting on all of it projects on Q_{1..j}.
         w = _orthogonalise(basis, w)
         new, coupling = _orthonormalise(w)
         # Breakdown guard: re-orthogonalise the QR factor itself (its columns are arbitrary where w
@@ -90,7 +92,7 @@ def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDe
 
 
 def assemble_block_tridiagonal(diag_blocks: jax.Array, sub_blocks: jax.Array) -> jax.Array:
-    """Dense (s·b, s·b) matrix from diagonal blocks A (s, b, b) and subdiagonal blocks B (s−1, b, b)."""
+    """Dense (s·b, s·b) matrix from blocks A (s, b, b) on and B (s−1, b, b) below the diagonal."""
     s, b, _ = diag_blocks.shape
     t = jnp.zeros((s, b, s, b), diag_blocks.dtype)
     idx = jnp.arange(s)

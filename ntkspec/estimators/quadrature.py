@@ -1,11 +1,11 @@
-"""tr(K ln K), spectral entropy and effective rank by Lanczos quadrature, with top-k Ritz pairs for free.
+"""tr(K ln K), spectral entropy and effective rank by Lanczos quadrature; top-k Ritz pairs for free.
 
 With T = tr K and S = tr(K ln K) = tr f(K), f(x) = x ln x, the spectral entropy and effective rank
 (Roy & Vetterli 2007) are H = ln T − S/T and erank = exp H.
 
 Quadrature. For a unit start block, the Lanczos tridiagonal T_s gives the Gauss rule
-e₁ᵀ f(T_s) e₁ ≈ vᵀ f(K) v (Golub & Meurant, "Matrices, moments and quadrature", 1994/2010). x ln x is
-operator convex with f(0) = 0, so the Gauss value is a *lower* bound for every column (Jensen's
+e₁ᵀ f(T_s) e₁ ≈ vᵀ f(K) v (Golub & Meurant, "Matrices, moments and quadrature", 1994/2010). x ln x
+is operator convex with f(0) = 0, so the Gauss value is a *lower* bound for every column (Jensen's
 operator inequality, Hansen & Pedersen 2003); all odd derivatives of order ≥ 3 are negative, so the
 Gauss–Radau rule with a node prescribed at 0 is an *upper* bound (b = 1; for blocks it is the
 analogous block rule with 0 a b-fold node, bracketing in all our tests). Their gap is reported as a
@@ -22,8 +22,8 @@ Estimators.
   forms tᵢ = zᵢᵀKzᵢ, whose mean must equal T − T₀ (T₀ = tr Q̄ᵀKQ̄), serve as a control variate:
   Ŝ = S₀ + mean(sᵢ) − β̂(mean(tᵢ) − (T − T₀)), β̂ the sample regression slope of sᵢ on tᵢ, with
   standard error std(sᵢ − β̂tᵢ)/√m. Ŝ uses the midpoint of the Gauss and Gauss–Radau values and
-  reports half their gap as the bias bound. The same block Krylov space gives the top-k Ritz pairs with
-  residuals and a Hutch++-type trace check T₀ + mean(tᵢ): no matvec is paid twice.
+  reports half their gap as the bias bound. The same block Krylov space gives the top-k Ritz pairs
+  with residuals and a Hutch++-type trace check T₀ + mean(tᵢ): no matvec is paid twice.
 """
 
 from __future__ import annotations
@@ -155,12 +155,13 @@ def krylov_spectrum(
     m = (budget - blocks * b) // s
     if m < 2 or s + 1 > n or top_k > blocks * b:
         raise bad_value(
-            "budget", budget,
+            "budget",
+            budget,
             f"room for >= 2 residual probes of {s} steps after {blocks} blocks of {b} "
             f"and top_k = {top_k} <= {blocks * b} Krylov columns",
             "Raise the budget, or lower block_size / probe_steps / top_k.",
         )
-    proj = projected_dtype(dtype)
+    proj = projected_dtype()
     key_block, key_probe = jax.random.split(key)
 
     omega = jax.random.normal(key_block, (n, b), dtype)
@@ -231,8 +232,8 @@ def entropy_from_traces(xlogx_trace, trace):
 
 
 def _probe_quadrature(matvec, z, num_steps, n, dtype):
-    """Per column v of z: Gauss and Gauss–Radau values of vᵀ f(K) v and the form vᵀKv (all ‖v‖²-scaled)."""
-    proj = projected_dtype(dtype)
+    """Per column v of z: Gauss and Gauss–Radau values of vᵀ f(K) v, and vᵀKv (‖v‖²-scaled)."""
+    proj = projected_dtype()
 
     def one(v):
         decomposition = block_lanczos(matvec, v[:, None], num_steps=num_steps, n=n, dtype=dtype)
@@ -248,10 +249,10 @@ def _probe_quadrature(matvec, z, num_steps, n, dtype):
 def _gauss_radau(t, coupling, cols, dtype):
     """Σ over the first `cols` unit vectors eᵢ of eᵢᵀ f(T) eᵢ (Gauss) and of the Radau extension.
 
-    The Radau matrix appends one block with diagonal Ω̃ = B [T⁻¹]_{ss} Bᵀ (B the next coupling), which
-    makes 0 an eigenvalue of multiplicity b (Golub & Meurant 2010, §6.2 and the block form). Ritz
-    values below the working dtype's resolution (eps·θ_max·dim) are floored there in T⁻¹: they are
-    round-off, and dividing by them would only loosen the bracket.
+    The Radau matrix appends one block with diagonal Ω̃ = B [T⁻¹]_{ss} Bᵀ (B the next coupling),
+    which makes 0 an eigenvalue of multiplicity b (Golub & Meurant 2010, §6.2 and the block
+    form). Ritz values below the working dtype's resolution (eps·θ_max·dim) are floored there in
+    T⁻¹: they are round-off, and dividing by them would only loosen the bracket.
     """
     theta, u = jnp.linalg.eigh(t)
     gauss = jnp.sum(u[:cols] ** 2 * xlogx(theta))

@@ -7,15 +7,17 @@ JAX has x64 enabled.
 
 - Hutchinson (Girard 1989; Hutchinson 1990): m Rademacher probes, tr K = E[zᵀKz], standard error of
   the mean std(zᵢᵀKzᵢ)/√m (calibrated).
-- Hutch++ (Meyer, Musco, Musco & Woodruff, "Hutch++: optimal stochastic trace estimation", SOSA 2021):
-  a third of the matvecs sketch Q = orth(KS), tr(QᵀKQ) is taken exactly, the rest are Hutchinson
-  probes of (I − QQᵀ)K(I − QQᵀ); the standard error is the residual probes' SEM (calibrated).
+- Hutch++ (Meyer, Musco, Musco & Woodruff, "Hutch++: optimal stochastic trace estimation",
+  SOSA 2021): a third of the matvecs sketch Q = orth(KS), tr(QᵀKQ) is taken exactly, the rest are
+  Hutchinson probes of (I − QQᵀ)K(I − QQᵀ); the standard error is the residual probes' SEM
+  (calibrated).
 - XTrace and XNysTrace (Epperly, Tropp & Webber, "XTrace: making the most of every sample in
-  stochastic trace estimation", SIMAX 2024): every test vector serves both the low-rank part and the
-  residual by leave-one-out, with resphering (Gaussian test vectors). The Nyström approximation is
-  built from an eigendecomposition of ΩᵀKΩ (a pseudo-inverse), not the shifted Cholesky of the paper,
-  which fails on numerically low-rank kernels. Their own error estimate std(estimates)/√m is too small
-  (measured ±2σ coverage 78–93 %), so `stderr` is that estimate times `LOO_STDERR_WIDENING`.
+  stochastic trace estimation", SIMAX 2024): every test vector serves both the low-rank part and
+  the residual by leave-one-out, with resphering (Gaussian test vectors). The Nyström approximation
+  is built from an eigendecomposition of ΩᵀKΩ (a pseudo-inverse), not the shifted Cholesky of the
+  paper, which fails on numerically low-rank kernels. Their own error estimate std(estimates)/√m
+  is too small (measured ±2σ coverage 78–93 %), so `stderr` is that estimate times
+  `LOO_STDERR_WIDENING`.
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def hutchinson(op, key, *, num_matvecs: int, n=None, dtype=None) -> TraceEstimat
     """Hutchinson's estimator with Rademacher probes: tr K ≈ (1/m) Σ zᵢᵀ K zᵢ."""
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     m = check_positive_int("num_matvecs", num_matvecs, 2)
-    acc = projected_dtype(dtype)
+    acc = projected_dtype()
     z = jax.random.rademacher(key, (n, m), dtype)
     forms = jnp.sum(z.astype(acc) * matvec(z).astype(acc), axis=0)
     return TraceEstimate(jnp.mean(forms), sample_std(forms) / jnp.sqrt(m), m)
@@ -66,7 +68,7 @@ def hutchpp(op, key, *, num_matvecs: int, n=None, dtype=None) -> TraceEstimate:
     """
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     m = check_positive_int("num_matvecs", num_matvecs, 4)
-    acc = projected_dtype(dtype)
+    acc = projected_dtype()
     k = m // 3
     key_s, key_g = jax.random.split(key)
     s = jax.random.rademacher(key_s, (n, k), dtype)
@@ -89,7 +91,7 @@ def xtrace(op, key, *, num_matvecs: int, n=None, dtype=None) -> TraceEstimate:
     m = check_positive_int("num_matvecs", num_matvecs, 4)
     s = m // 2
     _check_samples(s, n)
-    acc = projected_dtype(dtype)
+    acc = projected_dtype()
     omega = jax.random.normal(key, (n, s), dtype)
     y = matvec(omega).astype(acc)
     q, r = jnp.linalg.qr(y)
@@ -126,7 +128,7 @@ def xnystrace(op, key, *, num_matvecs: int, n=None, dtype=None) -> TraceEstimate
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     s = check_positive_int("num_matvecs", num_matvecs, 2)
     _check_samples(s, n)
-    acc = projected_dtype(dtype)
+    acc = projected_dtype()
     omega = jax.random.normal(key, (n, s), dtype)
     y = matvec(omega).astype(acc)
     omega = omega.astype(acc)
@@ -155,19 +157,21 @@ def xnystrace(op, key, *, num_matvecs: int, n=None, dtype=None) -> TraceEstimate
 def _check_samples(s: int, n: int) -> None:
     if s > n:
         raise bad_value(
-            "num_matvecs", f"{s} test vectors for n = {n}", f"at most {n} test vectors",
+            "num_matvecs",
+            f"{s} test vectors for n = {n}",
+            f"at most {n} test vectors",
             "Compute the trace exactly instead: the budget exceeds the kernel size.",
         )
 
 
 def _leave_one_out_factor(r: jax.Array) -> jax.Array:
-    """Columns sᵢ of R⁻ᵀ normalised: QᵢQᵢᵀ = Q(I − sᵢsᵢᵀ)Qᵀ for the QR factor of all but column i."""
+    """Normalised columns sᵢ of R⁻ᵀ: QᵢQᵢᵀ = Q(I − sᵢsᵢᵀ)Qᵀ, Qᵢ the QR factor without column i."""
     inv_t = solve_triangular(r, jnp.eye(r.shape[0], dtype=r.dtype), trans="T", lower=False)
     return inv_t / jnp.linalg.norm(inv_t, axis=0)
 
 
 def _resphere_scale(omega: jax.Array, x: jax.Array, n: int, s: int) -> jax.Array:
-    """(n − s + 1) / ‖(I − P₋ᵢ)ωᵢ‖²: makes the residual probe isotropic on its (n − s + 1)-dim range."""
+    """(n − s + 1) / ‖(I − P₋ᵢ)ωᵢ‖²: makes the residual probe isotropic on its range."""
     projected = jnp.sum(omega**2, axis=0) - jnp.sum(x**2, axis=0)
     return (n - s + 1) / jnp.where(projected > 0, projected, 1.0)
 
