@@ -88,3 +88,15 @@ def test_rank_deficient_float32_kernel_gives_no_nan_with_or_without_trace(key):
 def test_budget_too_small_is_explained(key):
     with pytest.raises(ValueError, match="budget"):
         krylov_spectrum(jnp.eye(100), key, budget=30)
+
+
+def test_array_operator_and_callable_forms_agree_under_jit(key):
+    kernel = jnp.asarray(power_law(1.0, 200)[0], jnp.float32)
+    settings = {"trace": float(jnp.trace(kernel)), "budget": 100, "top_k": 3}
+    from_array = jax.jit(lambda k, key: krylov_spectrum(k, key, **settings))(kernel, key)
+    from_callable = jax.jit(
+        lambda k, key: krylov_spectrum(lambda v: k @ v, key, n=200, dtype=jnp.float32, **settings)
+    )(kernel, key)
+    for a, b in zip(from_array, from_callable, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert from_array.entropy.dtype == jnp.float64  # projected quantities in float64 under x64
