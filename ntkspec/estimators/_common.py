@@ -1,0 +1,70 @@
+"""Shared plumbing of the estimators: operators as block matvecs, working and projected dtypes."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ntkspec._errors import bad_value, describe
+
+
+def projected_dtype() -> jnp.dtype:
+    """float64 where JAX has x64 enabled, else float32: the dtype of small projected problems and
+    of accumulated traces and quadratic forms, whatever the working dtype of the kernel."""
+    return jnp.dtype(jax.dtypes.canonicalize_dtype(jnp.float64))
+
+
+def as_block_matvec(op, n: int | None = None, dtype=None) -> tuple[Callable, int, jnp.dtype]:
+    """Return `(matvec, n, dtype)` with `matvec(V: (n, k)) -> (n, k)` for `op`.
+
+    `op` may be a square 2-D array, an object with `.shape`, `.dtype` and `.matvec` (such as an
+    `NTKOperator`), or a plain callable on (n, k) blocks; a callable needs `n` and `dtype`.
+    """
+    if hasattr(op, "matvec") and hasattr(op, "shape"):
+        shape = tuple(op.shape)
+        _check_square("op", shape, op)
+        return op.matvec, shape[0], jnp.dtype(op.dtype)
+    if callable(op):
+        if n is None or dtype is None:
+            raise bad_value(
+                "n, dtype",
+                f"n={n}, dtype={dtype}",
+                "both given when `op` is a plain matvec callable",
+                "Pass n=<rows> and dtype=<float dtype>, or pass an array or an operator object.",
+            )
+        return op, int(n), jnp.dtype(dtype)
+    array = jnp.asarray(op)
+    _check_square("op", array.shape, array)
+    if not jnp.issubdtype(array.dtype, jnp.floating):
+        raise bad_value("op", describe(array), "a floating-point matrix", "Cast it to float32/64.")
+    return (lambda v: array @ v), array.shape[0], array.dtype
+
+
+def _check_square(name: str, shape: tuple, obj) -> None:
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise bad_value(name, describe(obj), "a square (n, n) kernel or operator")
+
+
+def check_positive_int(name: str, value, minimum: int = 1) -> int:
+    """`value` as an int, raising unless it is an integer >= `minimum`."""
+    if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < minimum:
+        raise bad_value(name, repr(value), f"an integer >= {minimum}")
+    return int(value)
+
+
+def xlogx(x: jax.Array) -> jax.Array:
+    """f(x) = x ln x with f(0) = 0, negative inputs (round-off) clipped to 0: never NaN."""
+    x = jnp.clip(x, 0.0)
+    safe = jnp.where(x > 0, x, 1.0)
+    return jnp.where(x > 0, x * jnp.log(safe), 0.0)
+
+
+def sample_std(x: jax.Array, ddof: int = 1) -> jax.Array:
+    """Sample standard deviation along axis 0 (0 when there are too few samples)."""
+    m = x.shape[0]
+    if m <= ddof:
+        return jnp.zeros(x.shape[1:], x.dtype)
+    return jnp.std(x, axis=0, ddof=ddof)

@@ -1,0 +1,168 @@
+"""Kernel-target alignment and eigenvector rotation between kernels.
+
+Kernel-target alignment (Cristianini, Shawe-Taylor, Elisseeff & Kandola, "On kernel-target
+alignment", NeurIPS 2001) of a kernel K with targets Y (n, t):
+
+    A(K, YYᵀ) = ⟨K, YYᵀ⟩_F / (‖K‖_F ‖YYᵀ‖_F) = tr(YᵀKY) / (‖K‖_F ‖YᵀY‖_F).
+
+NTK layout. The empirical NTK of N samples and C outputs has n = N·C sample-major rows, row i·C + c.
+`one_hot_targets(labels, C)` returns the flattened one-hot vector y with y[i·C + c] = [labels_i = c]
+(optionally centred by subtracting 1/C), so the target kernel is the rank-one (N·C)×(N·C)
+matrix yyᵀ:
+K's (i, c), (j, c′) entry is paired with [c = labels_i][c′ = labels_j], the function-space target of
+the network's outputs. Then ⟨K, yyᵀ⟩ = yᵀKy (one matvec, exact) and ‖yyᵀ‖_F = ‖y‖², and only ‖K‖_F²
+needs estimating when K is matrix-free.
+
+Rotation. Principal angles between the top-r eigenvector subspaces of two kernels (Björck & Golub
+1973): cos θᵢ are the singular values of U₁ᵀU₂ for orthonormal bases U₁, U₂ (dense `eigh` or the
+Lanczos eigenvectors of `top_eigenpairs` / `krylov_spectrum`), with r the effective rank of the
+first kernel rounded when not given.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from ntkspec._errors import bad_value, describe
+from ntkspec.estimators._common import (
+    as_block_matvec,
+    check_positive_int,
+    projected_dtype,
+    sample_std,
+    xlogx,
+)
+
+
+class AlignmentEstimate(NamedTuple):
+    """Alignment `value` in [−1, 1], its standard error `stderr` (0 if exact), `matvecs` used."""
+
+    value: jax.Array
+    stderr: jax.Array
+    matvecs: int
+
+
+class FrobeniusEstimate(NamedTuple):
+    """Estimate of ‖K‖_F² with its standard error and the matvecs used."""
+
+    value: jax.Array
+    stderr: jax.Array
+    matvecs: int
+
+
+class Rotation(NamedTuple):
+    """Principal angles (r,) in radians, ascending, between two r-dimensional subspaces; `overlap`
+    = Σ cos²θᵢ / r = ‖U₁ᵀU₂‖_F² / r (1: same subspace, r/n: unrelated)."""
+
+    angles: jax.Array
+    overlap: jax.Array
+    rank: int
+
+
+def one_hot_targets(labels, num_classes: int, *, center: bool = False) -> jax.Array:
+    """Sample-major one-hot targets y (N·C,): y[i·C + c] = [labels_i = c], minus 1/C if `center`."""
+    c = check_positive_int("num_classes", num_classes, 2)
+    y = jax.nn.one_hot(jnp.asarray(labels), c)
+    if center:
+        y = y - 1.0 / c
+    return y.reshape(-1)
+
+
+def kernel_target_alignment(kernel, targets) -> AlignmentEstimate:
+    """Exact alignment of a dense kernel (n, n) with targets (n,) or (n, t)."""
+    kernel = jnp.asarray(kernel)
+    y = _targets(targets, kernel.shape[0], kernel.dtype)
+    acc = projected_dtype()
+    kernel = kernel.astype(acc)
+    y = y.astype(acc)
+    inner = jnp.sum(y * (kernel @ y))
+    value = inner / (jnp.linalg.norm(kernel) * jnp.linalg.norm(y.T @ y))
+    return AlignmentEstimate(value, jnp.zeros((), acc), 0)
+
+
+def frobenius_norm_squared(op, key, *, num_matvecs: int, n=None, dtype=None) -> FrobeniusEstimate:
+    """Hutch++-style ‖K‖_F² = tr(K²) with one matvec per quadratic form (Meyer et al. 2021).
+
+    With k = m // 3: Q = orth(KS), ‖K‖_F² = ‖KQ‖_F² + tr((I − QQᵀ)K²(I − QQᵀ)), the second term by
+    m − 2k Rademacher probes g ← (I − QQᵀ)g as the mean of ‖Kg‖², with its SEM.
+    """
+    matvec, n, dtype = as_block_matvec(op, n, dtype)
+    m = check_positive_int("num_matvecs", num_matvecs, 4)
+    acc = projected_dtype()
+    k = m // 3
+    key_s, key_g = jax.random.split(key)
+    q, _ = jnp.linalg.qr(matvec(jax.random.rademacher(key_s, (n, k), dtype)))
+    low_rank = jnp.sum(matvec(q).astype(acc) ** 2)
+    g = jax.random.rademacher(key_g, (n, m - 2 * k), dtype)
+    g = g - q @ (q.T @ g)
+    forms = jnp.sum(matvec(g).astype(acc) ** 2, axis=0)
+    return FrobeniusEstimate(low_rank + jnp.mean(forms), sample_std(forms) / jnp.sqrt(m - 2 * k), m)
+
+
+def kernel_target_alignment_stochastic(
+    op, targets, key, *, num_matvecs: int, n=None, dtype=None
+) -> AlignmentEstimate:
+    """Matrix-free alignment: tr(YᵀKY) exactly (t matvecs), ‖K‖_F² by `frobenius_norm_squared`.
+
+    The standard error follows by the delta method: stderr(A) = A · stderr(‖K‖_F²) / (2‖K‖_F²).
+    """
+    matvec, n, dtype = as_block_matvec(op, n, dtype)
+    y = _targets(targets, n, dtype)
+    acc = projected_dtype()
+    inner = jnp.sum(y.astype(acc) * matvec(y).astype(acc))
+    frob = frobenius_norm_squared(matvec, key, num_matvecs=num_matvecs, n=n, dtype=dtype)
+    yy = jnp.linalg.norm(y.T.astype(acc) @ y.astype(acc))
+    value = inner / (jnp.sqrt(frob.value) * yy)
+    stderr = jnp.abs(value) * frob.stderr / (2 * frob.value)
+    return AlignmentEstimate(value, stderr, frob.matvecs + y.shape[1])
+
+
+def principal_angles(u1, u2) -> Rotation:
+    """Principal angles between span(u1) and span(u2), both (n, r) with orthonormal columns."""
+    u1, u2 = jnp.asarray(u1), jnp.asarray(u2)
+    if u1.ndim != 2 or u1.shape != u2.shape:
+        raise bad_value(
+            "u2", describe(u2), f"orthonormal columns of the same shape as u1, {u1.shape}"
+        )
+    acc = projected_dtype()
+    cosines = jnp.linalg.svd(u1.T.astype(acc) @ u2.astype(acc), compute_uv=False)
+    cosines = jnp.clip(cosines, 0.0, 1.0)
+    return Rotation(jnp.arccos(cosines), jnp.mean(cosines**2), u1.shape[1])
+
+
+def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotation:
+    """Principal angles between the top-r eigenvector subspaces of two dense kernels (exact `eigh`).
+
+    r defaults to the effective rank exp H of `kernel1`, rounded (a host value: pass `rank`
+    explicitly to use this under `jit`).
+    """
+    k1, k2 = jnp.asarray(kernel1), jnp.asarray(kernel2)
+    if k1.ndim != 2 or k1.shape != k2.shape or k1.shape[0] != k1.shape[1]:
+        raise bad_value(
+            "kernel2", describe(k2), f"a square kernel of the same shape as kernel1, {k1.shape}"
+        )
+    lam1, vec1 = jnp.linalg.eigh(k1)
+    _, vec2 = jnp.linalg.eigh(k2)
+    if rank is None:
+        lam = jnp.clip(lam1.astype(projected_dtype()), 0.0)
+        total = jnp.sum(lam)
+        entropy = jnp.log(total) - jnp.sum(xlogx(lam)) / total
+        rank = max(1, round(float(jnp.exp(entropy))))
+    r = check_positive_int("rank", rank)
+    return principal_angles(vec1[:, ::-1][:, :r], vec2[:, ::-1][:, :r])
+
+
+def _targets(targets, n: int, dtype) -> jax.Array:
+    y = jnp.asarray(targets)
+    if y.ndim == 1:
+        y = y[:, None]
+    if y.ndim != 2 or y.shape[0] != n:
+        raise bad_value(
+            "targets",
+            describe(targets),
+            f"a vector ({n},) or matrix ({n}, t)",
+            "For an NTK use one_hot_targets(labels, C), which flattens sample-major.",
+        )
+    return y.astype(dtype)

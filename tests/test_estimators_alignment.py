@@ -1,0 +1,89 @@
+"""Kernel-target alignment (exact and stochastic) and eigenvector rotation by principal angles."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+from _estimator_kernels import digits_data, digits_ntk, exact_summary, power_law
+
+from ntkspec.estimators import (
+    eigenvector_rotation,
+    kernel_target_alignment,
+    kernel_target_alignment_stochastic,
+    one_hot_targets,
+    principal_angles,
+    top_eigenpairs,
+)
+
+
+def test_one_hot_targets_are_sample_major():
+    y = one_hot_targets(jnp.array([2, 0]), 3)
+    np.testing.assert_array_equal(y, [0, 0, 1, 1, 0, 0])
+    np.testing.assert_allclose(one_hot_targets(jnp.array([1]), 2, center=True), [-0.5, 0.5])
+
+
+def test_exact_alignment_matches_definition():
+    kernel = digits_ntk(num_samples=40)
+    _, labels = digits_data(40)
+    y = np.asarray(one_hot_targets(labels, 10))
+    target = np.outer(y, y)
+    expected = np.sum(kernel * target) / (np.linalg.norm(kernel) * np.linalg.norm(target))
+    np.testing.assert_allclose(kernel_target_alignment(kernel, y).value, expected, rtol=1e-12)
+
+
+def test_stochastic_alignment_is_calibrated_over_100_keys():
+    kernel = jnp.asarray(digits_ntk(num_samples=40))
+    _, labels = digits_data(40)
+    y = one_hot_targets(labels, 10)
+    exact = float(kernel_target_alignment(kernel, y).value)
+    keys = jax.random.split(jax.random.key(5), 100)
+    run = jax.jit(
+        lambda k, ks: jax.lax.map(
+            lambda key: kernel_target_alignment_stochastic(k, y, key, num_matvecs=45), ks
+        )
+    )
+    result = jax.device_get(run(kernel, keys))
+    assert np.mean(np.abs(result.value - exact) <= 2 * result.stderr) >= 0.85
+    assert np.sqrt(np.mean((result.value / exact - 1) ** 2)) < 0.01
+
+
+def test_principal_angles_match_scipy(key):
+    k1, k2 = jax.random.split(key)
+    u1 = jnp.linalg.qr(jax.random.normal(k1, (50, 4)))[0]
+    u2 = jnp.linalg.qr(jax.random.normal(k2, (50, 4)))[0]
+    rotation = principal_angles(u1, u2)
+    np.testing.assert_allclose(
+        rotation.angles, np.sort(scipy.linalg.subspace_angles(u1, u2)), atol=1e-10
+    )
+
+
+def test_eigenvector_rotation_recovers_a_known_angle():
+    kernel, lam = power_law(1.0, 200)
+    vecs = exact_summary(kernel)["eigenvectors"]
+    # Rotate eigenvector 3 towards eigenvector 150 by 0.3 rad: the top-r subspace turns by 0.3.
+    angle = 0.3
+    rotated = vecs.copy()
+    rotated[:, 2] = np.cos(angle) * vecs[:, 2] + np.sin(angle) * vecs[:, 149]
+    rotated[:, 149] = -np.sin(angle) * vecs[:, 2] + np.cos(angle) * vecs[:, 149]
+    other = (rotated * lam) @ rotated.T
+    result = eigenvector_rotation(kernel, other, rank=10)
+    assert result.rank == 10
+    np.testing.assert_allclose(result.angles[-1], angle, atol=1e-10)
+    np.testing.assert_allclose(result.angles[:-1], 0.0, atol=1e-6)
+    default = eigenvector_rotation(kernel, kernel)
+    assert default.rank == round(exact_summary(kernel)["erank"])
+    np.testing.assert_allclose(default.overlap, 1.0, atol=1e-6)
+
+
+def test_rotation_from_lanczos_eigenvectors(key):
+    kernel, _ = power_law(1.0, 300)
+    lanczos = top_eigenpairs(jnp.asarray(kernel, jnp.float32), key, k=5, budget=150)
+    exact = exact_summary(kernel)["eigenvectors"][:, :5]
+    rotation = principal_angles(lanczos.vectors.astype(jnp.float64), exact)
+    assert float(jnp.max(rotation.angles)) < 1e-3
+
+
+def test_bad_targets_are_explained():
+    with pytest.raises(ValueError, match="one_hot_targets"):
+        kernel_target_alignment(jnp.eye(6), jnp.ones(5))
