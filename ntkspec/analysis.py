@@ -155,9 +155,7 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int = 20) -> RunSum
     """
     missing = [name for name in _REQUIRED if name not in records]
     if missing:
-        raise bad_value(
-            "records", f"arrays {sorted(records)}", f"also {missing}", "Pass every record array."
-        )
+        raise bad_value("records", f"arrays {sorted(records)}", f"also {missing}", "Pass every record array.")
     arrays = {
         name: np.asarray(value, dtype=np.float64)
         for name, value in records.items()
@@ -621,9 +619,7 @@ class Analysis:
         for name, fit in self.fits.items():
             span = f"{fit.x_min:g}-{fit.x_max:g}"
             flipped = (
-                " (of -dT/dlnL)"
-                if name == "adaptation_rate_at_min" and self.adaptation_sign < 0
-                else ""
+                " (of -dT/dlnL)" if name == "adaptation_rate_at_min" and self.adaptation_sign < 0 else ""
             )
             lines.append(f"- {name}{flipped}: {fit.label(symbol)}, fitted on {symbol} = {span}")
         for name, found in self.breakpoints.items():
@@ -694,9 +690,7 @@ def analyze_store(
             continue
         try:
             if x_name not in run.attrs or "seed" not in run.attrs:
-                raise bad_value(
-                    f"attributes of run {run.name}", sorted(run.attrs), f"{x_name!r} and 'seed'"
-                )
+                raise bad_value(f"attributes of run {run.name}", sorted(run.attrs), f"{x_name!r} and 'seed'")
             summaries[run.name] = run_summary(run.records, window=window)
         except ValueError as error:
             skipped.append({"name": run.name, "status": "unusable", "message": str(error)})
@@ -704,8 +698,7 @@ def analyze_store(
         runs.append(run)
     x = np.array([float(r.attrs[x_name]) for r in runs])
     values = {
-        q: np.array([getattr(summaries[r.name], q) for r in runs], dtype=np.float64)
-        for q in QUANTITIES
+        q: np.array([getattr(summaries[r.name], q) for r in runs], dtype=np.float64) for q in QUANTITIES
     }
     table = _table(sweep, x, values, skipped)
     sign = _sign(values["adaptation_rate_at_min"])
@@ -855,13 +848,9 @@ def _seed_matrix(
     xa, ya = _pair("x", x, "y", y)
     labels = np.asarray(seeds)
     if labels.shape != xa.shape:
-        raise bad_value(
-            "seeds", f"shape {labels.shape}", f"one seed label per run, shape {xa.shape}"
-        )
+        raise bad_value("seeds", f"shape {labels.shape}", f"one seed label per run, shape {xa.shape}")
     if not np.all(np.isfinite(xa) & (xa > 0)):
-        raise bad_value(
-            "x", f"values {xa[~(np.isfinite(xa) & (xa > 0))]}", "positive widths or sizes"
-        )
+        raise bad_value("x", f"values {xa[~(np.isfinite(xa) & (xa > 0))]}", "positive widths or sizes")
     columns = ya[:, None] if ya.ndim == 1 else ya
     if columns.ndim != 2:
         raise bad_value("y", f"an array of shape {ya.shape}", "shape (runs,) or (runs, series)")
@@ -872,9 +861,7 @@ def _seed_matrix(
     names, seed_of = np.unique(labels[keep], return_inverse=True)
     pairs = group_of * names.size + seed_of
     if np.unique(pairs).size != pairs.size:
-        raise bad_value(
-            "x, seeds", "a (group, seed) pair more than once", "one run per width and seed"
-        )
+        raise bad_value("x, seeds", "a (group, seed) pair more than once", "one run per width and seed")
     values = np.full((columns.shape[1], groups.size, names.size), np.nan)
     values[:, group_of, seed_of] = columns[keep].T
     return groups, values

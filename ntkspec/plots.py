@@ -262,9 +262,7 @@ def _seed_mean(runs: list[Run], window: int) -> dict[str, np.ndarray]:
         columns["trace"].append(rec["trace"][at])
         columns["effective_rank"].append(rec["effective_rank"][at])
         positive = np.isfinite(loss) & (loss > 0)
-        columns["log_train_loss"].append(
-            np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at]
-        )
+        columns["log_train_loss"].append(np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at])
         columns["rate"].append(adaptation_rate(rec["trace"], loss, window)[at])
     mean = {key: _nanmean(np.stack(values)) for key, values in columns.items()}
     mean["epoch"] = np.asarray(epochs, dtype=np.float64)
@@ -320,8 +318,7 @@ def _power_law(ax, fit: PowerLaw | None, symbol: str) -> None:
 def _exponent_label(fit: PowerLaw, symbol: str) -> str:
     pct = round(100 * fit.level)
     return _minus(
-        f"$\\propto {symbol}^{{{fit.exponent:.2f}}}$  "
-        f"[{fit.ci_low:.2f}, {fit.ci_high:.2f}] ({pct}% CI)"
+        f"$\\propto {symbol}^{{{fit.exponent:.2f}}}$  [{fit.ci_low:.2f}, {fit.ci_high:.2f}] ({pct}% CI)"
     )
 
 

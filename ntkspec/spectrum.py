@@ -183,6 +183,42 @@ def spectrum(
         chosen at a multiplet boundary, e.g. C for a C-output NTK).
     memory_budget : bytes the dense kernel may take for "auto" (default 2 GiB).
     """
+    op, method, reason, budget = _choose(op, method, budget, top_k, memory_budget)
+    if method == "exact":
+        return _exact(op, top_k, reason)
+    return _stochastic(
+        op, _require_key(key, reason), budget, DEFAULT_TOP_K if top_k is None else top_k, reason
+    )
+
+
+def spectra(
+    op,
+    method: str = "auto",
+    *,
+    key=None,
+    budget: int | None = None,
+    top_k: int | None = None,
+    memory_budget: float = DEFAULT_MEMORY_BUDGET,
+) -> tuple[Spectrum, Spectrum]:
+    """Spectra of K and of the cosine kernel D^{-1/2} K D^{-1/2} (D = diag K), as `spectrum` would
+    give them for `op` and `op.normalized()`; the exact method forms K once for both."""
+    op, method, reason, budget = _choose(op, method, budget, top_k, memory_budget)
+    if method == "exact":
+        kernel = jnp.asarray(op.dense())
+        d = jnp.diagonal(kernel)
+        scale = jnp.where(d > 0, jax.lax.rsqrt(jnp.where(d > 0, d, 1)), 0)
+        cosine = scale[:, None] * kernel * scale[None, :]
+        return _exact(as_operator(kernel), top_k, reason), _exact(as_operator(cosine), top_k, reason)
+    raw_key, cosine_key = jax.random.split(_require_key(key, reason))
+    top_k = DEFAULT_TOP_K if top_k is None else top_k
+    return (
+        _stochastic(op, raw_key, budget, top_k, reason),
+        _stochastic(op.normalized(), cosine_key, budget, top_k, reason),
+    )
+
+
+def _choose(op, method: str, budget: int | None, top_k: int | None, memory_budget: float):
+    """Validate the arguments; return (operator, "exact" | "stochastic", reason, budget)."""
     if method not in METHODS:
         raise bad_value("method", repr(method), f"one of {METHODS}")
     if not (hasattr(op, "matvec") and hasattr(op, "dense")):
@@ -197,24 +233,23 @@ def spectrum(
         raise bad_value("budget", repr(budget), "a positive integer number of matvecs")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise bad_value("top_k", repr(top_k), "a positive integer or None")
+    if method != "auto":
+        return op, method, f"method={method!r} was asked for", budget
     dense_bytes = n * n * jnp.dtype(op.dtype).itemsize
     cost = exact_cost(n)
-    if method == "auto":
-        fits = dense_bytes <= memory_budget
-        cheaper = cost <= budget
-        facts = (
-            f"dense kernel {_bytes(dense_bytes)} vs memory budget {_bytes(memory_budget)}; "
-            f"exact cost ≈ {cost:.0f} matvec-equivalents vs stochastic budget {budget}"
-        )
-        if fits and cheaper:
-            method, reason = "exact", f"auto chose exact: {facts}"
-        else:
-            why = "does not fit in memory" if not fits else "costs more than the stochastic budget"
-            method, reason = "stochastic", f"auto chose stochastic (exact {why}): {facts}"
-    else:
-        reason = f"method={method!r} was asked for"
-    if method == "exact":
-        return _exact(op, top_k, reason)
+    fits = dense_bytes <= memory_budget
+    cheaper = cost <= budget
+    facts = (
+        f"dense kernel {_bytes(dense_bytes)} vs memory budget {_bytes(memory_budget)}; "
+        f"exact cost ≈ {cost:.0f} matvec-equivalents vs stochastic budget {budget}"
+    )
+    if fits and cheaper:
+        return op, "exact", f"auto chose exact: {facts}", budget
+    why = "does not fit in memory" if not fits else "costs more than the stochastic budget"
+    return op, "stochastic", f"auto chose stochastic (exact {why}): {facts}", budget
+
+
+def _require_key(key, reason: str):
     if key is None:
         raise bad_value(
             "key",
@@ -222,7 +257,7 @@ def spectrum(
             "a PRNG key for the stochastic method",
             f"Pass key=jax.random.key(seed) ({reason}).",
         )
-    return _stochastic(op, key, budget, DEFAULT_TOP_K if top_k is None else top_k, reason)
+    return key
 
 
 def _bytes(value: float) -> str:

@@ -29,7 +29,7 @@ from ntkspec._errors import bad_value
 from ntkspec._typing import Key
 from ntkspec.data import Split
 from ntkspec.operator import ntk
-from ntkspec.spectrum import Spectrum, spectrum
+from ntkspec.spectrum import spectra
 
 OPTIMIZERS = ("adam", "sgd")
 SPACINGS = ("linear", "log")
@@ -142,11 +142,7 @@ def _pad(values: np.ndarray, k: int) -> np.ndarray:
 
 def ntk_spectra(model: nnx.Module, x: jax.Array, key: Key, top_k: int, method: str):
     """Spectra of the NTK of `model` on `x` and of its cosine normalisation D^-1/2 K D^-1/2."""
-    k_raw, k_cos = jax.random.split(key)
-    op = ntk(model, x)
-    raw: Spectrum = spectrum(op, method=method, key=k_raw, top_k=top_k)
-    cosine: Spectrum = spectrum(op.normalized(), method=method, key=k_cos, top_k=top_k)
-    return raw, cosine
+    return spectra(ntk(model, x), method=method, key=key, top_k=top_k)
 
 
 def train(
@@ -172,7 +168,7 @@ def train(
         One epoch is one full-batch step.
     key : PRNG key for the stochastic spectrum estimators (folded with the epoch at each record).
     top_k : top eigenvalues kept per record.
-    method : spectrum method, passed to `ntkspec.spectrum.spectrum`.
+    method : spectrum method, passed to `ntkspec.spectrum.spectra`.
     recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
     """
     epochs = np.asarray(epochs, dtype=np.int64)

@@ -5,9 +5,6 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
-import _standin  # noqa: E402
-
-_standin.install()
 
 from ntkspec.sweep import load_config, run_sweep  # noqa: E402
 

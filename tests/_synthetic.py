@@ -42,9 +42,7 @@ def curves(width: float, rng: np.random.Generator, n_records: int, transition: f
     # T grows linearly in ln L until the minimum, so the trace ratio there is `ratio`.
     drop = np.log(train_loss[0]) - np.log(train_loss)
     trace = trace0 * (1.0 + ratio * drop / drop[i_min])
-    erank = (
-        4.0 * min(width, transition) ** 0.5 * jitter() * (0.5 + 0.5 * progress / progress[i_min])
-    )
+    erank = 4.0 * min(width, transition) ** 0.5 * jitter() * (0.5 + 0.5 * progress / progress[i_min])
     return {
         "epoch": epoch,
         "train_loss": train_loss,

@@ -243,9 +243,7 @@ def test_complete_run_without_finite_test_loss_is_skipped(tmp_path):
 
 
 def test_noise_sweep_is_tabulated_not_fitted(tmp_path):
-    path = write_sweep(
-        tmp_path / "noise.zarr", kind="noise", values=(0.0, 0.5), seeds=(0,), n_records=8
-    )
+    path = write_sweep(tmp_path / "noise.zarr", kind="noise", values=(0.0, 0.5), seeds=(0,), n_records=8)
     a = analyze_store(path, n_boot=10)
     assert a.x_name == "noise_fraction" and [r["noise_fraction"] for r in a.table.rows] == [0, 0.5]
     assert a.fits == {} and "all" in a.not_fitted

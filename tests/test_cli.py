@@ -1,7 +1,3 @@
-import _standin
-
-_standin.install()
-
 from typer.testing import CliRunner  # noqa: E402
 
 from ntkspec import store  # noqa: E402

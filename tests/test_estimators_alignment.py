@@ -53,9 +53,7 @@ def test_principal_angles_match_scipy(key):
     u1 = jnp.linalg.qr(jax.random.normal(k1, (50, 4)))[0]
     u2 = jnp.linalg.qr(jax.random.normal(k2, (50, 4)))[0]
     rotation = principal_angles(u1, u2)
-    np.testing.assert_allclose(
-        rotation.angles, np.sort(scipy.linalg.subspace_angles(u1, u2)), atol=1e-10
-    )
+    np.testing.assert_allclose(rotation.angles, np.sort(scipy.linalg.subspace_angles(u1, u2)), atol=1e-10)
 
 
 def test_eigenvector_rotation_recovers_a_known_angle():

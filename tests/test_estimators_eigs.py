@@ -30,7 +30,5 @@ def test_ntk_multiplet_with_block_size_c(key):
     exact = exact_summary(kernel)
     result = top_eigenpairs(jnp.asarray(kernel, jnp.float32), key, k=10, block_size=10, budget=200)
     np.testing.assert_allclose(result.values, exact["eigenvalues"][:10], rtol=1e-4)
-    overlap = jnp.linalg.svd(result.vectors.astype(jnp.float64).T @ exact["eigenvectors"][:, :10])[
-        1
-    ]
+    overlap = jnp.linalg.svd(result.vectors.astype(jnp.float64).T @ exact["eigenvectors"][:, :10])[1]
     assert float(jnp.min(overlap)) > 1 - 1e-4

@@ -34,9 +34,7 @@ def test_breakdown_on_low_rank_kernel_gives_no_nan(key):
     dec = block_lanczos(kernel, jax.random.normal(key, (200, 1)), num_steps=12)
     assert bool(jnp.all(jnp.isfinite(dec.tridiagonal)))
     ritz = ritz_pairs(dec, 4)
-    np.testing.assert_allclose(
-        ritz.values, np.linalg.eigvalsh(np.asarray(kernel))[::-1][:4], rtol=1e-10
-    )
+    np.testing.assert_allclose(ritz.values, np.linalg.eigvalsh(np.asarray(kernel))[::-1][:4], rtol=1e-10)
 
 
 def test_rejects_too_many_steps(key):

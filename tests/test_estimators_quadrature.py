@@ -42,9 +42,7 @@ def test_krylov_aware_entropy_coverage_over_100_keys(label):
     assert np.mean(check) >= 0.85
     erank_err = np.abs(result.effective_rank / exact["erank"] - 1)
     assert np.all(np.isfinite(result.effective_rank)) and np.sqrt(np.mean(erank_err**2)) < 0.02
-    np.testing.assert_allclose(
-        result.eigenvalues, np.tile(exact["eigenvalues"][:5], (100, 1)), rtol=1e-6
-    )
+    np.testing.assert_allclose(result.eigenvalues, np.tile(exact["eigenvalues"][:5], (100, 1)), rtol=1e-6)
 
 
 def test_gauss_and_radau_bracket_each_probe(key):
@@ -60,13 +58,9 @@ def test_gauss_and_radau_bracket_each_probe(key):
 
 def test_slq_matches_exact_within_stderr(key):
     kernel, lam = power_law(0.5, 300)
-    result = jax.jit(lambda k, key: slq(k, key, num_probes=30, num_steps=12))(
-        jnp.asarray(kernel), key
-    )
+    result = jax.jit(lambda k, key: slq(k, key, num_probes=30, num_steps=12))(jnp.asarray(kernel), key)
     exact = float(jnp.sum(xlogx(jnp.asarray(lam))))
-    assert abs(float(result.value) - exact) <= 3 * float(result.stderr) + float(
-        result.upper - result.value
-    )
+    assert abs(float(result.value) - exact) <= 3 * float(result.stderr) + float(result.upper - result.value)
     h = entropy_from_traces(result.value, result.trace)
     assert abs(float(h) - exact_summary(kernel)["entropy"]) < 0.05
 

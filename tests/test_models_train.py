@@ -1,7 +1,3 @@
-import _standin
-
-_standin.install()
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

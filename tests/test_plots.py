@@ -11,16 +11,12 @@ from ntkspec.plots import dynamics_figure, plot_store, scaling_figure, transitio
 
 
 def test_plot_store_writes_png_and_pdf(tmp_path):
-    store = write_sweep(
-        tmp_path / "mlp.zarr", values=(16, 64, 256, 1024, 4096), seeds=(0, 1), n_records=15
-    )
+    store = write_sweep(tmp_path / "mlp.zarr", values=(16, 64, 256, 1024, 4096), seeds=(0, 1), n_records=15)
     rc_before = dict(mpl.rcParams)
     paths = plot_store(store, tmp_path / "figures", analysis=analyze_store(store, n_boot=20))
     assert dict(mpl.rcParams) == rc_before
     assert sorted(p.name for p in paths) == sorted(
-        f"mlp-{name}.{fmt}"
-        for name in ("dynamics", "scaling", "transition")
-        for fmt in ("png", "pdf")
+        f"mlp-{name}.{fmt}" for name in ("dynamics", "scaling", "transition") for fmt in ("png", "pdf")
     )
     for path in paths:
         head = path.read_bytes()[:8]

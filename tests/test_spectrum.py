@@ -39,8 +39,7 @@ class _DiagonalOperator:
 
 @pytest.mark.parametrize(
     "label, dtype",
-    [(a, jnp.float32) for a in ("alpha=0.5", "alpha=1", "alpha=2", "ntk", "cosine")]
-    + [("ntk", jnp.float64)],
+    [(a, jnp.float32) for a in ("alpha=0.5", "alpha=1", "alpha=2", "ntk", "cosine")] + [("ntk", jnp.float64)],
 )
 def test_stochastic_matches_exact_at_default_budget(label, dtype):
     kernel, exact = reference(label)
@@ -94,3 +93,26 @@ def test_exact_method_and_bad_arguments():
         spectrum(kernel, "fast")
     with pytest.raises(ValueError, match="budget"):
         spectrum(kernel, "stochastic", key=jax.random.key(0), budget=0)
+
+
+def test_spectra_share_one_kernel_and_match_spectrum():
+    from flax import nnx
+    from reference_models import NNX_MODELS, inputs
+
+    import ntkspec
+
+    op = ntkspec.ntk(
+        NNX_MODELS["relu_mlp"](nnx.Rngs(0), dtype=jnp.float64), inputs("relu_mlp", 0, 40, jnp.float64)
+    )
+    raw, cosine = ntkspec.spectra(op, method="exact")
+    for got, want in (
+        (raw, ntkspec.spectrum(op, "exact")),
+        (cosine, ntkspec.spectrum(op.normalized(), "exact")),
+    ):
+        assert got.trace == pytest.approx(want.trace, rel=1e-10)
+        assert got.entropy == pytest.approx(want.entropy, rel=1e-10)
+        np.testing.assert_allclose(got.eigenvalues, want.eigenvalues, rtol=1e-8, atol=1e-12)
+    assert cosine.trace == pytest.approx(op.shape[0], rel=1e-10)
+    raw, cosine = ntkspec.spectra(op, method="stochastic", key=jax.random.key(0), budget=120, top_k=3)
+    assert raw.method == cosine.method == "stochastic"
+    assert cosine.trace == pytest.approx(op.shape[0], rel=1e-6)

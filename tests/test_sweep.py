@@ -1,7 +1,3 @@
-import _standin
-
-_standin.install()
-
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402

@@ -123,9 +123,7 @@ def principal_angles(u1, u2) -> Rotation:
     """Principal angles between span(u1) and span(u2), both (n, r) with orthonormal columns."""
     u1, u2 = jnp.asarray(u1), jnp.asarray(u2)
     if u1.ndim != 2 or u1.shape != u2.shape:
-        raise bad_value(
-            "u2", describe(u2), f"orthonormal columns of the same shape as u1, {u1.shape}"
-        )
+        raise bad_value("u2", describe(u2), f"orthonormal columns of the same shape as u1, {u1.shape}")
     acc = projected_dtype()
     cosines = jnp.linalg.svd(u1.T.astype(acc) @ u2.astype(acc), compute_uv=False)
     cosines = jnp.clip(cosines, 0.0, 1.0)
@@ -140,9 +138,7 @@ def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotati
     """
     k1, k2 = jnp.asarray(kernel1), jnp.asarray(kernel2)
     if k1.ndim != 2 or k1.shape != k2.shape or k1.shape[0] != k1.shape[1]:
-        raise bad_value(
-            "kernel2", describe(k2), f"a square kernel of the same shape as kernel1, {k1.shape}"
-        )
+        raise bad_value("kernel2", describe(k2), f"a square kernel of the same shape as kernel1, {k1.shape}")
     lam1, vec1 = jnp.linalg.eigh(k1)
     _, vec2 = jnp.linalg.eigh(k2)
     if rank is None:

@@ -49,7 +49,5 @@ def as_operator(matrix) -> DenseOperator:
     if array.ndim != 2 or array.shape[0] != array.shape[1]:
         raise bad_value("matrix", describe(array), "a square (n, n) matrix")
     if not jnp.issubdtype(array.dtype, jnp.floating):
-        raise bad_value(
-            "matrix", describe(array), "a floating-point matrix", "Cast it to float32/64."
-        )
+        raise bad_value("matrix", describe(array), "a floating-point matrix", "Cast it to float32/64.")
     return DenseOperator(array)

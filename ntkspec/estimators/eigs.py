@@ -125,9 +125,7 @@ def top_eigenpairs(
     empty = (jnp.zeros(keep, proj), jnp.zeros((n, keep), dtype), jnp.full(keep, jnp.inf, dtype))
     state = (basis, images, 0, start, 0, jnp.array(False), 0, empty)
     state = cycle(state)
-    *_, used, converged, restarts, (theta, vectors, residuals) = jax.lax.while_loop(
-        go_on, cycle, state
-    )
+    *_, used, converged, restarts, (theta, vectors, residuals) = jax.lax.while_loop(go_on, cycle, state)
     return Eigenpairs(
         values=theta[:k],
         vectors=vectors[:, :k],

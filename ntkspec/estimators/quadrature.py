@@ -167,9 +167,7 @@ def krylov_spectrum(
     omega = jax.random.normal(key_block, (n, b), dtype)
     decomposition = block_lanczos(matvec, omega, num_steps=blocks, n=n, dtype=dtype)
     c = q * b
-    s0_gauss, s0_radau = _gauss_radau(
-        decomposition.tridiagonal, decomposition.next_coupling, c, dtype
-    )
+    s0_gauss, s0_radau = _gauss_radau(decomposition.tridiagonal, decomposition.next_coupling, c, dtype)
     t0 = jnp.trace(decomposition.tridiagonal[:c, :c])
     qbar = decomposition.basis[:, :c]
     z = jax.random.rademacher(key_probe, (n, m), dtype)
