@@ -26,6 +26,9 @@ from ntkspec._errors import bad_value, describe
 from ntkspec.model import adapt, validate
 
 
+PROBE_BYTES = 2**30
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class NTKOperator:
@@ -90,7 +93,7 @@ class NTKOperator:
 
 
 def ntk(
-    model, *args, chunk_size: int | None = None, probe_block: int = 32, mesh: Mesh | None = None
+    model, *args, chunk_size: int | None = None, probe_block: int | None = None, mesh: Mesh | None = None
 ) -> NTKOperator:
     """Empirical NTK operator of a model on a batch of inputs.
 
@@ -100,7 +103,8 @@ def ntk(
         (Flax linen: `ntk(module.apply, variables, x)`), or a Flax nnx Module called as `module(x)`,
         as `ntk(module, x)`.
     chunk_size : samples per forward/backward pass (default: all N up to 256).
-    probe_block : columns of V processed together by `matvec`.
+    probe_block : columns of V processed together by `matvec`; J^T V holds probe_block copies of
+        the parameters. Default: as many as fit `PROBE_BYTES` (1 GiB), between 1 and 32.
     mesh : a `jax.sharding.Mesh` with axes ("data", "model") (see `ntkspec.sharding.make_mesh`):
         samples and probes are split on "data", wide parameter dimensions on "model".
 
@@ -108,6 +112,9 @@ def ntk(
     """
     apply, params, state, x = adapt(model, args)
     out = validate(apply, params, state, x)
+    if probe_block is None:
+        param_bytes = sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(params))
+        probe_block = int(min(32, max(1, PROBE_BYTES // max(param_bytes, 1))))
     if probe_block < 1:
         raise bad_value("probe_block", probe_block, "a positive integer")
     if chunk_size is None:
