@@ -25,7 +25,6 @@ from ntkspec import exact, sharding
 from ntkspec._errors import bad_value, describe
 from ntkspec.model import adapt, validate
 
-
 PROBE_BYTES = 2**30
 
 
