@@ -67,6 +67,10 @@ def sweep(
     ] = True,
     figures: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    mesh: Annotated[str | None, typer.Option(help=MESH_HELP)] = None,
+    distributed: Annotated[
+        bool, typer.Option(help="Call jax.distributed.initialize() first (one process per host).")
+    ] = False,
 ) -> None:
     """Train every run of a sweep and record NTK spectra in a Zarr store; resumes where it stopped."""
     from ntkspec.store import read_run
@@ -83,7 +87,7 @@ def sweep(
             store=None if store is None else str(store),
             data_dir=None if data_dir is None else str(data_dir),
         )
-        summary = run_sweep(cfg, task=task, progress=progress, console=console)
+        summary = run_sweep(cfg, task=task, progress=progress, console=console, mesh=_mesh(mesh, distributed))
     console.print(
         f"[bold]{cfg.name}[/bold]: {len(summary.done)} run(s) trained, {len(summary.skipped)} "
         f"already finished, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
@@ -123,6 +127,22 @@ def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
         console.print(f"  {path}")
 
 
+MESH_HELP = "Device mesh, e.g. data=4,model=2 ('all': every device on data)."
+
+
+def _mesh(spec: str | None, distributed: bool):
+    """The device mesh from --mesh, after joining the other hosts when --distributed."""
+    if distributed:
+        import jax
+
+        jax.distributed.initialize()
+    if spec is None:
+        return None
+    from ntkspec.sharding import make_mesh
+
+    return make_mesh(spec)
+
+
 @app.command()
 def spectrum(
     width: Annotated[int, typer.Option(help="Hidden-layer width.")] = 256,
@@ -134,6 +154,7 @@ def spectrum(
     seed: Annotated[int, typer.Option(help="Seed of the data draw, init and probes.")] = 0,
     top_k: Annotated[int, typer.Option(help="Top eigenvalues to show.")] = 5,
     data_dir: Annotated[Path | None, typer.Option(help="Folder holding the datasets.")] = None,
+    mesh: Annotated[str | None, typer.Option(help=MESH_HELP)] = None,
 ) -> None:
     """Spectrum of the NTK of one freshly initialised model on a held-out batch."""
     from ntkspec.sweep import init_spectrum
@@ -149,6 +170,7 @@ def spectrum(
             seed=seed,
             top_k=top_k,
             data_dir=None if data_dir is None else str(data_dir),
+            mesh=_mesh(mesh, False),
         )
     what = "the CNN" if model == "cnn" else f"a {depth}-layer MLP of width {width}"
     table = Table(title=f"NTK at initialisation of {what} on {n_ntk} {dataset} samples")

@@ -26,6 +26,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -329,12 +330,14 @@ def run_sweep(
     task: str | tuple[int, int] = (0, 1),
     progress: bool = True,
     console: Console | None = None,
+    mesh: Mesh | None = None,
 ) -> SweepSummary:
     """Run the runs of `config` that belong to `task` ("i/n": index i modulo n) and are not finished.
 
     Each run: data split and model from its seed, full-batch training, a record per recording epoch
     appended to the store, then its final status: "complete", "diverged" (with advice) or "failed"
     (a runtime error such as running out of memory; the sweep goes on, and a rerun retries the run).
+    With a `mesh` (`ntkspec.sharding.make_mesh`), training and spectra run sharded across its devices.
     Bad input raises. A Rich progress bar shows the current run, epoch and the time remaining.
     """
     start = time.perf_counter()
@@ -407,6 +410,7 @@ def run_sweep(
                     top_k=config.top_k,
                     method=config.method,
                     recorder=record,
+                    mesh=mesh,
                 )
             except (RuntimeError, MemoryError) as error:
                 # A runtime failure of one run (e.g. out of device memory at the widest width) is data:
@@ -445,6 +449,7 @@ def init_spectrum(
     top_k: int = 10,
     data_dir: str | None = None,
     dtype: str = "float32",
+    mesh: Mesh | None = None,
 ):
     """Spectra (raw, cosine) of the NTK at initialisation of one model on `n_ntk` held-out samples.
 
@@ -472,4 +477,4 @@ def init_spectrum(
         param_dtype=jnp.dtype(dtype),
     )
     # Epoch 0 of a sweep's run folds the same key the same way.
-    return ntk_spectra(net, jnp.asarray(split.x_ntk), jax.random.fold_in(k_spectrum, 0), top_k, method)
+    return ntk_spectra(net, jnp.asarray(split.x_ntk), jax.random.fold_in(k_spectrum, 0), top_k, method, mesh)

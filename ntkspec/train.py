@@ -24,7 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh
 
+from ntkspec import sharding
 from ntkspec._errors import bad_value
 from ntkspec._typing import Key
 from ntkspec.data import Split
@@ -140,9 +142,9 @@ def _pad(values: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def ntk_spectra(model: nnx.Module, x: jax.Array, key: Key, top_k: int, method: str):
+def ntk_spectra(model: nnx.Module, x: jax.Array, key: Key, top_k: int, method: str, mesh: Mesh | None = None):
     """Spectra of the NTK of `model` on `x` and of its cosine normalisation D^-1/2 K D^-1/2."""
-    return spectra(ntk(model, x), method=method, key=key, top_k=top_k)
+    return spectra(ntk(model, x, mesh=mesh), method=method, key=key, top_k=top_k)
 
 
 def train(
@@ -155,6 +157,7 @@ def train(
     top_k: int = 10,
     method: str = "auto",
     recorder: Callable[[Record], None] | None = None,
+    mesh: Mesh | None = None,
 ) -> TrainResult:
     """Train `model` full-batch on `split` with softmax cross-entropy, recording at `epochs`.
 
@@ -170,6 +173,8 @@ def train(
     top_k : top eigenvalues kept per record.
     method : spectrum method, passed to `ntkspec.spectrum.spectra`.
     recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
+    mesh : a ("data", "model") mesh (`ntkspec.sharding.make_mesh`): parameters and optimizer states
+        split on "model", samples on "data"; the numbers equal the single-device ones.
     """
     epochs = np.asarray(epochs, dtype=np.int64)
     if epochs.ndim != 1 or epochs.size == 0 or epochs[0] < 0 or np.any(np.diff(epochs) <= 0):
@@ -179,6 +184,11 @@ def train(
     x_train, y_train = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
     x_ntk = jnp.asarray(split.x_ntk)
+    if mesh is not None:
+        params, opt_state = sharding.shard_params((params, opt_state), mesh)
+        x_train, y_train, x_test, y_test = (
+            sharding.shard_batch(a, mesh) for a in (x_train, y_train, x_test, y_test)
+        )
 
     done, previous = 0, 0
     for epoch in epochs.tolist():
@@ -197,7 +207,7 @@ def train(
         previous = epoch
         start = time.perf_counter()
         raw, cosine = ntk_spectra(
-            nnx.merge(graphdef, params), x_ntk, jax.random.fold_in(key, epoch), top_k, method
+            nnx.merge(graphdef, params), x_ntk, jax.random.fold_in(key, epoch), top_k, method, mesh
         )
         record = Record(
             epoch=epoch,

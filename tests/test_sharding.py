@@ -90,3 +90,46 @@ def test_dense_kernel_rows_on_data():
     assert k.sharding.spec == P("data")
     assert k.addressable_shards[0].data.shape == (6, 24)
     _close(k, ntkspec.ntk(module, x).dense())
+
+
+def test_training_and_spectra_match_single_device():
+    from ntkspec import data, models
+    from ntkspec.train import make_optimizer, train
+
+    split = data.split(data.load("digits"), 30, 14, jax.random.key(0), n_test=50)  # 14 on data=4: uneven
+    mesh = make_mesh("data=4,model=2")
+    results = {}
+    for name, m in (("single", None), ("sharded", mesh)):
+        records = []
+        model = models.build("mlp", (64,), 10, jax.random.key(1), width=16, depth=3)
+        train(
+            model,
+            split,
+            make_optimizer("adam", 1e-2),
+            [0, 3, 6],
+            jax.random.key(2),
+            top_k=5,
+            method="stochastic",
+            recorder=records.append,
+            mesh=m,
+        )
+        results[name] = records
+    for a, b in zip(results["sharded"], results["single"], strict=True):
+        for field in ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank"):
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=RTOL), field
+        _close(a.top_eigenvalues, b.top_eigenvalues)
+        assert a.method == "stochastic"
+
+
+def test_cli_spectrum_with_a_mesh():
+    from typer.testing import CliRunner
+
+    from ntkspec.cli import app
+
+    args = ["spectrum", "--width", "16", "--n-ntk", "12", "--method", "exact"]
+    single = CliRunner().invoke(app, args)
+    sharded = CliRunner().invoke(app, [*args, "--mesh", "data=2,model=2"])
+    assert single.exit_code == 0 and sharded.exit_code == 0, sharded.output
+    assert "effective rank" in sharded.output.lower()
+    bad = CliRunner().invoke(app, [*args, "--mesh", "data=3,model=5"])
+    assert bad.exit_code != 0 and "mesh" in bad.output
