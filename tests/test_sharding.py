@@ -118,7 +118,17 @@ def test_training_and_spectra_match_single_device():
         for field in ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank"):
             assert getattr(a, field) == pytest.approx(getattr(b, field), rel=RTOL), field
         _close(a.top_eigenvalues, b.top_eigenvalues)
-        assert a.method == "stochastic"
+
+
+def test_stochastic_spectrum_matches_single_device():
+    module = NNX_MODELS["relu_mlp"](nnx.Rngs(0), width=16)
+    x = inputs("relu_mlp", 0, 30, jnp.float32)  # 90 rows; 30 samples on a data axis of 4: uneven
+    single, sharded = ntkspec.ntk(module, x), ntkspec.ntk(module, x, mesh=make_mesh("data=4,model=2"))
+    key = jax.random.key(3)
+    a, b = (ntkspec.spectrum(op, "stochastic", key=key, budget=60, top_k=3) for op in (sharded, single))
+    assert a.effective_rank == pytest.approx(b.effective_rank, rel=RTOL)
+    assert a.entropy_stderr == pytest.approx(b.entropy_stderr, rel=1e-3)
+    _close(a.eigenvalues, b.eigenvalues)
 
 
 def test_cli_spectrum_with_a_mesh():

@@ -102,7 +102,7 @@ def test_spectra_share_one_kernel_and_match_spectrum():
     import ntkspec
 
     op = ntkspec.ntk(
-        NNX_MODELS["relu_mlp"](nnx.Rngs(0), dtype=jnp.float64), inputs("relu_mlp", 0, 40, jnp.float64)
+        NNX_MODELS["relu_mlp"](nnx.Rngs(0), dtype=jnp.float64), inputs("relu_mlp", 0, 6, jnp.float64)
     )
     raw, cosine = ntkspec.spectra(op, method="exact")
     for got, want in (
@@ -113,6 +113,3 @@ def test_spectra_share_one_kernel_and_match_spectrum():
         assert got.entropy == pytest.approx(want.entropy, rel=1e-10)
         np.testing.assert_allclose(got.eigenvalues, want.eigenvalues, rtol=1e-8, atol=1e-12)
     assert cosine.trace == pytest.approx(op.shape[0], rel=1e-10)
-    raw, cosine = ntkspec.spectra(op, method="stochastic", key=jax.random.key(0), budget=120, top_k=3)
-    assert raw.method == cosine.method == "stochastic"
-    assert cosine.trace == pytest.approx(op.shape[0], rel=1e-6)
