@@ -656,131 +656,147 @@ def _summary(results: dict, meta: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _table(header: list[str], rows: list[list[str]], right_from: int = 1) -> list[str]:
+    """A markdown table; columns from `right_from` on are right-aligned."""
+    align = ["---" if i < right_from else "---:" for i in range(len(header))]
+    return ["| " + " | ".join(cells) + " |" for cells in (header, align, *rows)]
+
+
 def _summary_wp(r: dict) -> list[str]:
     lines = ["## Work-precision", ""]
     est = r["estimators"]
     if "results" in est:
         meta = est["meta"]
+        budgets = meta["budgets"]
         lines += [
-            f"Synthetic power-law kernels and a digits NTK, n = {meta['n']}, {meta['seeds']} seeds, float64: "
-            "relative error (RMSE; median max for top-5) against matvecs. "
+            f"Synthetic power-law kernels and a digits NTK, n = {meta['n']}, {meta['seeds']} seeds, float64 "
+            "(`benchmarks/estimators_work_precision.py`): relative error (RMSE; median of the max over the "
+            f"top 5 for top-5) at the largest budget (trace {budgets['trace'][-1]}, erank "
+            f"{budgets['erank'][-1]}, top-5 {budgets['top5'][-1]} matvecs). "
             "![work-precision](estimators_work_precision.png)",
             "",
-            "| kernel | tr K, best at max budget | erank SLQ | erank Krylov-aware + CV | top-5 |",
-            "|---|---|---:|---:|---:|",
         ]
+        rows = []
         for label, entry in est["results"].items():
-            best = min(entry["trace"].items(), key=lambda kv: kv[1][-1])
-            lines.append(
-                f"| {label} | {best[0]} {best[1][-1]:.1e} | {entry['erank']['SLQ (ratio)'][-1]:.1e} "
-                f"| {entry['erank']['Krylov-aware + CV'][-1]:.1e} | {entry['top5']['block Lanczos b=10'][-1]:.1e} |"
+            name, errs = min(entry["trace"].items(), key=lambda kv: kv[1][-1])
+            erank = entry["erank"]
+            rows.append(
+                [
+                    label,
+                    f"{name} {errs[-1]:.1e}",
+                    f"{erank['SLQ (ratio)'][-1]:.1e}",
+                    f"{erank['Krylov-aware + CV'][-1]:.1e}",
+                    f"{entry['top5']['block Lanczos b=10'][-1]:.1e}",
+                ]
             )
-        lines.append(
-            f"\n(at budgets trace {meta['budgets']['trace'][-1]}, erank {meta['budgets']['erank'][-1]}, "
-            f"top-5 {meta['budgets']['top5'][-1]})\n"
-        )
+        header = ["kernel", "tr K (best estimator)", "erank SLQ", "erank Krylov-aware + CV", "top-5"]
+        lines += _table(header, rows, right_from=2) + [""]
     else:
         lines += [f"Synthetic panels failed: {est.get('error')}", ""]
     real = r["real_ntk"]
-    if "rows" in real:
-        s = real["settings"]
-        lines += [
-            f"Real NTKs: MLP 64 → 64 → 64 → 10 (`ntkspec.models.MLP`, float64) on {s['n_ntk']} held-out digits "
-            f"(K is {s['n_ntk'] * 10} × {s['n_ntk'] * 10}), at init and after {s['steps']} full-batch Adam steps "
-            f'(lr 1e-3) on {s["n_train"]} digits; `spectra(op, "stochastic", budget=B)` against '
-            f'`spectra(op, "exact")` over {s["seeds"]} seeds. Coverage: fraction of seeds with '
-            "|H_est − H| ≤ 2·stderr + bias bound. ![real NTK](real_ntk_erank.png)",
-            "",
-            "| state | kernel | B | exact erank | RMS rel. error | max rel. error | mean rel. stderr | coverage | s / spectrum |",
-            "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-        ]
-        for row in real["rows"]:
-            state = row["state"] + (
-                "" if row["train_accuracy"] is None else f" (train acc. {row['train_accuracy']:.2f})"
-            )
-            lines.append(
-                f"| {state} | {row['kernel']} | {row['budget']} | {row['exact_effective_rank']:.2f} "
-                f"| {row['rmse_rel_error']:.1e} | {row['max_abs_rel_error']:.1e} | {row['mean_rel_stderr']:.1e} "
-                f"| {row['coverage']:.2f} | {_fmt_s(row['seconds_per_spectrum'])} |"
-            )
-        lines.append("")
-    else:
-        lines += [f"Real NTKs failed: {real.get('error')}", ""]
-    return lines
+    if "rows" not in real:
+        return lines + [f"Real NTKs failed: {real.get('error')}", ""]
+    s = real["settings"]
+    size = s["n_ntk"] * 10
+    lines += [
+        f"Real NTKs: MLP 64 → 64 → 64 → 10 (`ntkspec.models.MLP`, float64) on {s['n_ntk']} held-out "
+        f"digits (K is {size} × {size}), at init and after {s['steps']} full-batch Adam steps (lr 1e-3) "
+        f'on {s["n_train"]} digits; `spectra(op, "stochastic", budget=B)` against `spectra(op, "exact")`, '
+        f"{s['seeds']} seeds. Coverage: fraction of seeds with |H_est − H| ≤ 2·stderr + bias bound "
+        "(H the entropy). ![real NTK](real_ntk_erank.png)",
+        "",
+    ]
+    rows = []
+    for row in real["rows"]:
+        accuracy = row["train_accuracy"]
+        state = row["state"] + ("" if accuracy is None else f" (train acc. {accuracy:.2f})")
+        rows.append(
+            [
+                state,
+                row["kernel"],
+                str(row["budget"]),
+                f"{row['exact_effective_rank']:.2f}",
+                f"{row['rmse_rel_error']:.1e}",
+                f"{row['max_abs_rel_error']:.1e}",
+                f"{row['mean_rel_stderr']:.1e}",
+                f"{row['coverage']:.2f}",
+                _fmt_s(row["seconds_per_spectrum"]),
+            ]
+        )
+    header = ["state", "kernel", "B", "exact erank", "RMS rel. error", "max rel. error"]
+    header += ["mean rel. stderr", "coverage", "time / spectrum"]
+    return lines + _table(header, rows, right_from=2) + [""]
 
 
 def _summary_width(r: dict) -> list[str]:
     c = r["settings"]
+    size = c["n"] * 10
+    budget = next((row["budget"] for row in r["rows"] if "budget" in row), None)
     lines = [
         "## Width",
         "",
-        f"3-layer ReLU MLP 784 → w → w → 10, N = {c['n']} uniform inputs (K is {c['n'] * 10} × {c['n'] * 10}). "
-        'exact (structured) = compiled `op.dense("structured")` + `eigvalsh` (what `spectrum(op, "exact")` '
-        'does); exact (Jacobian) = the same with `op.dense("jacobian")`; stochastic = exact diagonal + '
-        f"Krylov-aware estimator at the default budget ({r['rows'][0].get('budget') or 400} matvecs). Compile "
-        "not timed; peak = process RSS rise during the run + resident arguments (fresh process each).",
+        f"3-layer ReLU MLP 784 → w → w → 10, N = {c['n']} uniform inputs (K is {size} × {size}). "
+        'exact (structured) = compiled `op.dense("structured")` + `eigvalsh`, what `spectrum(op, "exact")` '
+        'does; exact (jacobian) = the same with `op.dense("jacobian")`; stochastic = exact diagonal + '
+        f"Krylov-aware estimator at the default budget ({budget} matvecs). Compilation not timed; peak = "
+        "process RSS rise during the run + resident arguments, one fresh process per row; XLA bytes = "
+        "`memory_analysis()` of the compiled programs (excludes SciPy's `eigvalsh`). "
+        "The error column is the stochastic effective rank against the exact one, or K against K.",
         "![width](width.png)",
         "",
-        "| w | parameters | method | time | peak memory | XLA bytes | erank rel. error vs exact |",
-        "|---:|---:|---|---:|---:|---:|---:|",
     ]
+    rows = []
     for row in r["rows"]:
-        params = f"{_params(row['width']):,}"
+        head = [str(row["width"]), f"{_params(row['width']):,}", row["method"]]
         if "skipped" in row or "error" in row:
-            why = row.get("skipped") or row.get("error")
-            lines.append(
-                f"| {row['width']} | {params} | {row['method']} | {'skipped' if 'skipped' in row else 'failed'}: {why} | | | |"
-            )
+            what = f"skipped: {row['skipped']}" if "skipped" in row else f"failed: {row['error']}"
+            rows.append(head + [what, "", "", ""])
             continue
-        err = (
-            row.get("erank_rel_error")
-            if row["method"] == "stochastic"
-            else row.get("max_rel_diff_vs_structured")
-        )
-        err_text = _fmt_e(err) + (" (K vs structured)" if row["method"] == "jacobian" else "")
         if row["method"] == "structured":
-            err_text = f"reference (erank {row['effective_rank']:.1f})"
-        lines.append(
-            f"| {row['width']} | {params} | {row['method']} | {_fmt_s(row['seconds'])} | {_fmt_b(row['peak_bytes'])} "
-            f"| {_fmt_b(row['xla_bytes'])} | {err_text} |"
-        )
-    cross = r["crossover"]
-    lines += [
-        "",
-        "Crossover (smallest width from which the stochastic spectrum is faster at every larger width run): "
-        + ", ".join(f"vs {k}: {'w = ' + str(v) if v else 'none in the range run'}" for k, v in cross.items()),
-        "",
-    ]
-    return lines
+            err = f"reference (erank {row['effective_rank']:.1f})"
+        elif row["method"] == "jacobian":
+            err = f"{_fmt_e(row.get('max_rel_diff_vs_structured'))} (K)"
+        else:
+            err = _fmt_e(row.get("erank_rel_error"))
+        rows.append(head + [_fmt_s(row["seconds"]), _fmt_b(row["peak_bytes"]), _fmt_b(row["xla_bytes"]), err])
+    header = ["w", "parameters", "method", "time", "peak memory", "XLA bytes", "error vs exact"]
+    cross = ", ".join(f"vs {k}: {'w = ' + str(v) if v else 'none'}" for k, v in r["crossover"].items())
+    crossover = "Crossover (smallest width from which the stochastic spectrum is faster at every larger "
+    return lines + _table(header, rows, right_from=3) + ["", crossover + f"width run): {cross}.", ""]
 
 
 def _summary_kernel(r: dict) -> list[str]:
     c = r["settings"]
-    slopes = r["memory_slope"]
     lines = [
         "## Kernel size",
         "",
-        f"Same MLP at width {c['width']}, C = 10, matrix-free only: one matvec block (K V, V with probe_block "
-        f"columns) and the stochastic spectrum at budget {c['budget']}. Peak = RSS rise + resident arguments. "
-        "![kernel size](kernel_size.png)",
+        f"Same MLP at width {c['width']}, C = 10, matrix-free only: one matvec block (K V for V with "
+        f"`probe_block` columns) and the stochastic spectrum at budget {c['budget']}. Peak = RSS rise + "
+        "resident arguments; model = `ntkspec.memory.matvec_bytes`; the error is against the exact "
+        f"effective rank where K has ≤ {c['exact_max_rows']:,} rows. ![kernel size](kernel_size.png)",
         "",
-        "| N | N·C | method | time | peak memory | XLA bytes | model (`memory.matvec_bytes`) | dense K would need | erank rel. error |",
-        "|---:|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for row in r["rows"]:
+        head = [str(row["n"]), f"{row['n'] * 10:,}", row["method"]]
         if "error" in row:
-            lines.append(
-                f"| {row['n']} | {row['n'] * 10} | {row['method']} | failed: {row['error']} | | | | | |"
-            )
+            rows.append(head + [f"failed: {row['error']}", "", "", "", "", ""])
             continue
-        lines.append(
-            f"| {row['n']} | {row['rows']:,} | {row['method']} | {_fmt_s(row['seconds'])} | {_fmt_b(row['peak_bytes'])} "
-            f"| {_fmt_b(row['xla_bytes'])} | {_fmt_b(row.get('model_bytes'))} | {_fmt_b(row['dense_kernel_bytes'])} "
-            f"| {_fmt_e(row.get('erank_rel_error'))} |"
+        rows.append(
+            head
+            + [
+                _fmt_s(row["seconds"]),
+                _fmt_b(row["peak_bytes"]),
+                _fmt_b(row["xla_bytes"]),
+                _fmt_b(row.get("model_bytes")),
+                _fmt_b(row["dense_kernel_bytes"]),
+                _fmt_e(row.get("erank_rel_error")),
+            ]
         )
-    text = ", ".join(f"{m} {s:.2f}" for m, s in slopes.items() if s is not None)
-    lines += ["", f"Log-log slope of peak memory against N·C: {text} (a dense kernel: 2).", ""]
-    return lines
+    header = ["N", "N·C", "method", "time", "peak memory", "XLA bytes", "model", "dense K", "erank error"]
+    slopes = ", ".join(f"{m} {s:.2f}" for m, s in r["memory_slope"].items() if s is not None)
+    fit = f"Log-log slope of peak memory against N·C: {slopes} (a dense kernel: 2)."
+    return lines + _table(header, rows, right_from=3) + ["", fit, ""]
 
 
 def _summary_anchors(r: dict) -> list[str]:
@@ -788,26 +804,23 @@ def _summary_anchors(r: dict) -> list[str]:
     if "rows" not in r:
         return lines + [f"Skipped: {r.get('skipped') or r.get('error')}", ""]
     lines += [
-        f"Exact kernel of the same MLP (N = 128) against neural-tangents' `empirical_ntk_fn` ({r.get('source', '')}; "
-        f"measured {r['machine']['date']}). Max rel. diff. against ntkspec in brackets.",
+        "Exact kernel of the same MLP (N = 128) against neural-tangents' `empirical_ntk_fn` "
+        f"({r.get('source', '')}; measured {r['machine']['date']}). Max rel. difference against ntkspec "
+        "in brackets.",
         "",
-        "| w | ntkspec structured | NT impl 1 | NT impl 2 | NT impl 3 | Jacobian baseline | speed-up vs best NT |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
     ]
+    rows = []
     for row in r["rows"]:
-        cells = []
+        cells = [str(row["width"]), _fmt_s(row["ntkspec_structured_s"])]
         for name in ("nt_impl1", "nt_impl2", "nt_impl3", "jacobian_baseline"):
             if name + "_s" in row:
                 cells.append(f"{_fmt_s(row[name + '_s'])} ({row[name + '_max_rel_diff']:.0e})")
             else:
                 cells.append(row.get(name + "_error", "–"))
         speed = row.get("speedup_vs_best_nt")
-        lines.append(
-            f"| {row['width']} | {_fmt_s(row['ntkspec_structured_s'])} | "
-            + " | ".join(cells)
-            + f" | {'–' if speed is None else f'{speed:.1f}×'} |"
-        )
-    return lines + [""]
+        rows.append(cells + ["–" if speed is None else f"{speed:.1f}×"])
+    header = ["w", "ntkspec structured", "NT impl 1", "NT impl 2", "NT impl 3", "Jacobian baseline"]
+    return lines + _table(header + ["speed-up vs best NT"], rows) + [""]
 
 
 # --------------------------------------------------------------------------------------------
