@@ -841,11 +841,8 @@ def run_suite(
     from benchmarks._timing import machine
 
     cfg = SCALES[scale]
-    out = (
-        Path(out)
-        if out is not None
-        else HERE / "results" / ("suite" if scale == "full" else f"suite-{scale}")
-    )
+    default = HERE / "results" / ("suite" if scale == "full" else f"suite-{scale}")
+    out = default if out is None else Path(out).resolve()  # workers run in the repository root
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     results = {}
