@@ -200,7 +200,10 @@ def _width_task(task: dict) -> dict:
     op = _operator(width, n)
     params = sum(leaf.size for leaf in jax.tree.leaves(op.params))
     row = {"method": method, "width": width, "n": n, "rows": op.shape[0], "params": int(params)}
-    repeats = 3 if params < 2_000_000 or method == "structured" else 1
+    # Best of 3 where a run is cheap; one run (after compilation) for the Jacobian path beyond
+    # w = 256 (80 s at w = 1024) and for the stochastic spectrum of the widest networks.
+    limit = {"structured": float("inf"), "jacobian": 500_000, "stochastic": 2_000_000}[method]
+    repeats = 3 if params < limit else 1
     if method == "stochastic":
         budget = task["budget"] or DEFAULT_BUDGET
         row |= _stochastic_spectrum(op, budget, repeats) | {"budget": budget}
