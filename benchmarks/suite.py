@@ -388,6 +388,9 @@ def worker(task_json: str) -> None:
 def _spawn(task: dict, timeout: float | None = None) -> dict:
     """Run one task in a fresh process on one CPU device; failures come back as {"error": ...}."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="65536")
+    # SciPy's eigvalsh single-threaded: on a shared, oversubscribed CPU, OpenBLAS threads spinning
+    # against other jobs made a 1280-row eigvalsh take 3-14 s instead of 0.07-0.16 s.
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags)
     env.pop("JAX_ENABLE_X64", None)
@@ -885,7 +888,12 @@ def render(out: Path) -> Path:
     """Draw the figures and write `summary.md` from the JSON files in `out` (rerunnable alone)."""
     out = Path(out)
     meta = json.loads((out / "meta.json").read_text())
-    results = {name: json.loads((out / f"{name}.json").read_text()) for name in meta["sections"]}
+    # Every section found in `out`: a section rerun alone (--only) keeps the others' results.
+    results = {
+        name: json.loads((out / f"{name}.json").read_text())
+        for name in SECTIONS
+        if (out / f"{name}.json").exists()
+    }
     if "rows" in results.get("work-precision", {}).get("real_ntk", {}):
         _plot_real(results["work-precision"]["real_ntk"]["rows"], out / "real_ntk_erank.png")
     if "width" in results:
