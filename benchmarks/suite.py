@@ -82,7 +82,7 @@ SCALES = {
             "stochastic_max": 4096,
             "budget": None,
         },
-        "kernel": {"width": 64, "ns": [100, 300, 1000, 3000, 10000], "budget": 200, "exact_max_rows": 3000},
+        "kernel": {"width": 64, "ns": [100, 300, 1000, 3000, 10000], "budget": 200, "exact_max_rows": 10000},
     },
 }
 
@@ -254,10 +254,11 @@ def _kernel_task(task: dict) -> dict:
         }
     else:
         row |= _stochastic_spectrum(op, task["budget"], repeats) | {"budget": task["budget"]}
-        if rows <= task["exact_max_rows"]:
-            reference = _exact_spectrum(op, "structured", 1)["effective_rank"]
-            row["exact_effective_rank"] = reference
-            row["erank_rel_error"] = row["effective_rank"] / reference - 1
+        if rows <= task["exact_max_rows"]:  # the exact spectrum, for the error and the crossover
+            exact = _exact_spectrum(op, "structured", 1)
+            row["exact_effective_rank"] = exact["effective_rank"]
+            row["erank_rel_error"] = row["effective_rank"] / exact["effective_rank"] - 1
+            row["exact_seconds"], row["exact_peak_bytes"] = exact["seconds"], exact["peak_bytes"]
     row["repeats"] = repeats
     return row
 
@@ -460,11 +461,7 @@ def section_kernel_size(cfg: dict) -> dict:
             )
             rows.append(row)
             _log(f"kernel-size: {json.dumps(_brief(row))}")
-    fits = {
-        m: _loglog_slope([r for r in rows if r["method"] == m and "peak_bytes" in r])
-        for m in ("matvec", "stochastic")
-    }
-    return {"settings": c, "rows": rows, "memory_slope": fits}
+    return {"settings": c, "rows": rows} | _kernel_fits(rows)
 
 
 def section_anchors(*, quick: bool, nt_venv: Path | None, rerun: bool, widths) -> dict:
@@ -506,6 +503,24 @@ def _crossover(rows: list[dict]) -> dict:
             crossing = w
         found[exact] = crossing
     return found
+
+
+def _kernel_fits(rows: list[dict]) -> dict:
+    """Log-log slopes of peak memory against N C (all points, and from 10^4 rows on, where fixed
+    costs matter less), and the crossover: smallest N C from which the stochastic spectrum is faster
+    than the exact one at every larger size where both ran."""
+    slopes, upper = {}, {}
+    for method in ("matvec", "stochastic"):
+        pts = [r for r in rows if r["method"] == method and "peak_bytes" in r]
+        slopes[method] = _loglog_slope(pts)
+        upper[method] = _loglog_slope([r for r in pts if r["rows"] >= 10_000])
+    both = sorted((r["rows"], r["seconds"] < r["exact_seconds"]) for r in rows if "exact_seconds" in r)
+    crossing = None
+    for size, faster in reversed(both):
+        if not faster:
+            break
+        crossing = size
+    return {"memory_slope": slopes, "memory_slope_from_1e4": upper, "crossover_rows": crossing}
 
 
 def _loglog_slope(rows: list[dict]) -> float | None:
@@ -584,17 +599,28 @@ def _plot_kernel_size(result: dict, path: Path) -> None:
             continue
         slope = result["memory_slope"][method]
         label = f"{method} (slope {slope:.2f})" if slope is not None else method
-        ax_m.loglog(
-            [r["rows"] for r in pts], [r["peak_bytes"] for r in pts], marker=MARKERS[method], label=label
-        )
-        ax_t.loglog(
-            [r["rows"] for r in pts], [r["seconds"] for r in pts], marker=MARKERS[method], label=method
+        size = [r["rows"] for r in pts]
+        ax_m.loglog(size, [r["peak_bytes"] for r in pts], marker=MARKERS[method], label=label)
+        ax_t.loglog(size, [r["seconds"] for r in pts], marker=MARKERS[method], label=method)
+    exact = [r for r in rows if "exact_seconds" in r]
+    if exact:
+        size = [r["rows"] for r in exact]
+        label = "exact (structured K + eigvalsh)"
+        ax_m.loglog(size, [r["exact_peak_bytes"] for r in exact], marker="s", label=label)
+        ax_t.loglog(size, [r["exact_seconds"] for r in exact], marker="s", label=label)
+    if result.get("crossover_rows"):
+        ax_t.axvline(result["crossover_rows"], color="grey", ls="--", lw=1)
+        ax_t.text(
+            result["crossover_rows"],
+            0.8,
+            " stochastic faster\n than exact",
+            fontsize=7,
+            transform=ax_t.get_xaxis_transform(),
         )
     nc = sorted({r["rows"] for r in rows})
-    ax_m.loglog(nc, [4 * n * n for n in nc], "k--", lw=1, label="dense K, 4 (N C)^2 bytes")
-    ax_m.set(
-        xlabel="N C (kernel rows)", ylabel="peak bytes", title=f"memory, width {result['settings']['width']}"
-    )
+    ax_m.loglog(nc, [4 * n * n for n in nc], "k--", lw=1, label="dense K alone, 4 (N C)^2 bytes")
+    width = result["settings"]["width"]
+    ax_m.set(xlabel="N C (kernel rows)", ylabel="peak bytes", title=f"memory, width {width}")
     ax_t.set(xlabel="N C (kernel rows)", ylabel="seconds", title="time")
     for ax in (ax_m, ax_t):
         ax.grid(True, which="both", alpha=0.3)
@@ -643,12 +669,13 @@ def _fmt_e(x) -> str:
 
 def _summary(results: dict, meta: dict) -> str:
     m = meta["machine"]
+    flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[meta["scale"]]
+    times = ", ".join(f"{name} {r['seconds']:.0f} s" for name, r in results.items())
     lines = [
         f"# Benchmark suite ({meta['scale']})",
         "",
-        f"`python -m benchmarks run{' --quick' if meta['scale'] == 'quick' else ''}` — {meta['date']}, "
-        f"{m['processor']}, {m['cpu_count']} CPU cores, {m['device']}, JAX {m['jax']}, float32 unless said. "
-        f"Wall time {meta['seconds']:.0f} s. {meta['note']}",
+        f"`python -m benchmarks run{flag}`, {meta['date']}: {m['processor']}, {m['cpu_count']} CPU cores, "
+        f"{m['device']}, JAX {m['jax']}, float32 unless said. Section times: {times}. {meta['note']}",
         "",
     ]
     if "work-precision" in results:
@@ -776,18 +803,21 @@ def _summary_kernel(r: dict) -> list[str]:
     lines = [
         "## Kernel size",
         "",
-        f"Same MLP at width {c['width']}, C = 10, matrix-free only: one matvec block (K V for V with "
-        f"`probe_block` columns) and the stochastic spectrum at budget {c['budget']}. Peak = RSS rise + "
-        "resident arguments; model = `ntkspec.memory.matvec_bytes`; the error is against the exact "
-        f"effective rank where K has ≤ {c['exact_max_rows']:,} rows. ![kernel size](kernel_size.png)",
+        f"Same MLP at width {c['width']}, C = 10, matrix-free: one matvec block (K V for V with "
+        f"`probe_block` columns) and the stochastic spectrum at budget {c['budget']}; beside the stochastic "
+        f"rows, where K has ≤ {c['exact_max_rows']:,} rows, the exact spectrum (structured K + `eigvalsh`, "
+        "same process, after it) for its time, memory and the error. Peak = RSS rise + resident arguments "
+        "(the inputs, 784 floats per sample, included); model = `ntkspec.memory.matvec_bytes`. "
+        "![kernel size](kernel_size.png)",
         "",
     ]
     rows = []
     for row in r["rows"]:
         head = [str(row["n"]), f"{row['n'] * 10:,}", row["method"]]
         if "error" in row:
-            rows.append(head + [f"failed: {row['error']}", "", "", "", "", ""])
+            rows.append(head + [f"failed: {row['error']}"] + [""] * 7)
             continue
+        exact = "exact_seconds" in row
         rows.append(
             head
             + [
@@ -796,12 +826,23 @@ def _summary_kernel(r: dict) -> list[str]:
                 _fmt_b(row["xla_bytes"]),
                 _fmt_b(row.get("model_bytes")),
                 _fmt_b(row["dense_kernel_bytes"]),
+                _fmt_s(row["exact_seconds"]) if exact else "–",
+                _fmt_b(row["exact_peak_bytes"]) if exact else "–",
                 _fmt_e(row.get("erank_rel_error")),
             ]
         )
-    header = ["N", "N·C", "method", "time", "peak memory", "XLA bytes", "model", "dense K", "erank error"]
-    slopes = ", ".join(f"{m} {s:.2f}" for m, s in r["memory_slope"].items() if s is not None)
-    fit = f"Log-log slope of peak memory against N·C: {slopes} (a dense kernel: 2)."
+    header = ["N", "N·C", "method", "time", "peak memory", "XLA bytes", "model", "dense K"]
+    header += ["exact: time", "exact: peak", "erank error"]
+
+    def slopes(fits: dict) -> str:
+        return ", ".join(f"{m} {s:.2f}" for m, s in fits.items() if s is not None)
+
+    fit = (
+        f"Log-log slope of peak memory against N·C: {slopes(r['memory_slope'])} over all sizes; "
+        f"{slopes(r['memory_slope_from_1e4'])} from 10⁴ rows on (a dense kernel: 2). Crossover (smallest "
+        "N·C from which the stochastic spectrum is faster than the exact one at every larger size run): "
+        + (f"{r['crossover_rows']:,} rows." if r.get("crossover_rows") else "none.")
+    )
     return lines + _table(header, rows, right_from=3) + ["", fit, ""]
 
 
@@ -900,6 +941,7 @@ def render(out: Path) -> Path:
         results["width"]["crossover"] = _crossover(results["width"]["rows"])
         _plot_width(results["width"], out / "width.png")
     if "kernel-size" in results:
+        results["kernel-size"] |= _kernel_fits(results["kernel-size"]["rows"])
         _plot_kernel_size(results["kernel-size"], out / "kernel_size.png")
     (out / "summary.md").write_text(_summary(results, meta))
     return out / "summary.md"
