@@ -390,7 +390,7 @@ def _spawn(task: dict, timeout: float | None = None) -> dict:
     """Run one task in a fresh process on one CPU device; failures come back as {"error": ...}."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="65536")
     # SciPy's eigvalsh single-threaded: on a shared, oversubscribed CPU, OpenBLAS threads spinning
-    # against other jobs made a 1280-row eigvalsh take 3-14 s instead of 0.07-0.16 s.
+    # against other jobs made a 1280-row eigvalsh take 0.3-14 s instead of 0.07-0.16 s.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
     flags = [f for f in env.get("XLA_FLAGS", "").split() if "device_count" not in f]
     env["XLA_FLAGS"] = " ".join(flags)
