@@ -57,3 +57,8 @@ def test_bench_command_needs_the_source_checkout(tmp_path, monkeypatch):
     result = CliRunner().invoke(app, ["bench", "--quick"])
     assert result.exit_code == 2
     assert "no benchmarks folder" in result.output
+
+
+def test_bench_command_forwards_to_the_suite():
+    result = CliRunner().invoke(app, ["bench", "--only", "no-such-section"])
+    assert result.exit_code == 2  # argparse in `python -m benchmarks run` rejected the section
