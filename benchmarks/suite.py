@@ -13,11 +13,13 @@ work-precision
     seeds with |H_est - H| <= 2 stderr + bias bound (H the entropy, erank = exp H).
 width
     3-layer ReLU MLP 784 -> w -> w -> 10 (`dense_kernel._MLP`), N = 128 inputs (K is 1280 x 1280):
-    exact through the structured kernel, exact through the generic Jacobian contraction, and the
-    stochastic spectrum at its default budget, timed, with peak memory.
+    exact through the structured kernel, exact through the generic Jacobian contraction (up to
+    w = 1024), and the stochastic spectrum at its default budget (up to w = 4096), timed, with peak
+    memory, the error against the exact spectrum and the crossover width, if any.
 kernel-size
     the same MLP at a fixed small width, N C from 10^3 to 10^5 rows: one matvec block and the
-    stochastic spectrum (matrix-free only), timed, with peak memory and its log-log slope in N C.
+    stochastic spectrum (matrix-free), timed, with peak memory and its log-log slope in N C; beside
+    them the exact spectrum while K is small enough, for the error and the crossover in N C.
 anchors
     `benchmarks.anchors.run` in a neural-tangents venv (reused from `results/anchors.json` unless
     asked to rerun; skipped in quick runs).
@@ -28,7 +30,8 @@ compiled ahead of time (`jit(...).lower(...).compile()`, not timed), then the fi
 through /proc/self/clear_refs, minus VmRSS before, with glibc's mmap threshold at 64 KiB so freed
 buffers leave the resident set), plus the bytes of the arguments already resident; cheap runs are
 repeated and the best time kept. XLA's own figure for the compiled programs
-(`Compiled.memory_analysis()`: arguments + outputs + temporaries) is recorded beside it.
+(`Compiled.memory_analysis()`: arguments + outputs + temporaries; SciPy's `eigvalsh` is outside it)
+is recorded beside it. Workers run SciPy's BLAS on one thread (see `_spawn`).
 """
 
 from __future__ import annotations
