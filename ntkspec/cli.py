@@ -1,4 +1,4 @@
-"""Command line: `ntkspec sweep`, `ntkspec spectrum`, `ntkspec analyze`, `ntkspec plot`.
+"""Command line: `ntkspec sweep`, `ntkspec spectrum`, `ntkspec analyze`, `ntkspec plot`, `ntkspec bench`.
 
 A thin Typer layer: each command parses its options, turns --seed into a key at the boundary and calls
 one library function (`ntkspec.sweep.run_sweep`, `ntkspec.sweep.init_spectrum`,
@@ -225,3 +225,39 @@ def plot(
     console = Console(soft_wrap=True)
     with _user_errors(console):
         _plot(store, out_dir or _default_figures(store), console)
+
+
+@app.command()
+def bench(
+    quick: Annotated[
+        bool, typer.Option(help="Small sizes: about 3 minutes instead of 15 (2 busy CPU cores).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Output folder (default benchmarks/results/suite[-quick]).")
+    ] = None,
+    only: Annotated[
+        str | None,
+        typer.Option(help="Sections, comma-separated: work-precision, width, kernel-size, anchors."),
+    ] = None,
+) -> None:
+    """Run the benchmark suite (`python -m benchmarks run`) of a source checkout."""
+    import subprocess
+    import sys
+
+    import ntkspec
+
+    root = Path(ntkspec.__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "__main__.py").is_file():
+        Console(stderr=True).print(
+            f"[red]Error:[/red] no benchmarks folder next to the ntkspec package (looked in {root}); "
+            "the suite ships with the source only: clone the repository and run `ntkspec bench` from an "
+            "editable install (`pip install -e .`), or `python -m benchmarks run` in the checkout.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(2)
+    command = [sys.executable, "-m", "benchmarks", "run"]
+    command += ["--quick"] * quick
+    command += [] if out is None else ["--out", str(out.resolve())]
+    command += [] if only is None else ["--only", only]
+    raise typer.Exit(subprocess.run(command, cwd=root).returncode)
