@@ -77,9 +77,7 @@ def exact(kernel: np.ndarray) -> dict:
 
 def over_seeds(fn, kernel, keys):
     """fn(kernel, key) for every key, compiled once, looped with lax.map."""
-    return jax.device_get(
-        jax.jit(lambda k, ks: jax.lax.map(lambda key: fn(k, key), ks))(kernel, keys)
-    )
+    return jax.device_get(jax.jit(lambda k, ks: jax.lax.map(lambda key: fn(k, key), ks))(kernel, keys))
 
 
 def rmse(x) -> float:
@@ -103,22 +101,16 @@ def run(n: int, seeds: int, trace_budgets, entropy_budgets, topk_budgets) -> dic
         for name, estimator in TRACE.items():
             errs = []
             for budget in trace_budgets:
-                out = over_seeds(
-                    lambda a, key, e=estimator, b=budget: e(a, key, num_matvecs=b), k, keys
-                )
+                out = over_seeds(lambda a, key, e=estimator, b=budget: e(a, key, num_matvecs=b), k, keys)
                 errs.append(rmse(out.value / ref["trace"] - 1))
             entry["trace"][name] = errs
         slq_errs, ka_errs = [], []
         for budget in entropy_budgets:
-            out = over_seeds(
-                lambda a, key, b=budget: slq(a, key, num_probes=b // 10, num_steps=10), k, keys
-            )
+            out = over_seeds(lambda a, key, b=budget: slq(a, key, num_probes=b // 10, num_steps=10), k, keys)
             erank = np.exp(entropy_from_traces(out.value, out.trace))
             slq_errs.append(rmse(erank / ref["erank"] - 1))
             out = over_seeds(
-                lambda a, key, b=budget, t=ref["trace"]: krylov_spectrum(
-                    a, key, trace=t, budget=b, top_k=5
-                ),
+                lambda a, key, b=budget, t=ref["trace"]: krylov_spectrum(a, key, trace=t, budget=b, top_k=5),
                 k,
                 keys,
             )
@@ -126,15 +118,11 @@ def run(n: int, seeds: int, trace_budgets, entropy_budgets, topk_budgets) -> dic
         entry["erank"] = {"SLQ (ratio)": slq_errs, "Krylov-aware + CV": ka_errs}
         top_errs = []
         for budget in topk_budgets:
-            out = over_seeds(
-                lambda a, key, b=budget: top_eigenpairs(a, key, k=5, budget=b), k, keys
-            )
+            out = over_seeds(lambda a, key, b=budget: top_eigenpairs(a, key, k=5, budget=b), k, keys)
             top_errs.append(float(np.median(np.max(np.abs(out.values / ref["top"] - 1), axis=1))))
         entry["top5"] = {"block Lanczos b=10": top_errs}
         results[label] = entry
-        print(
-            label, json.dumps({key: entry[key] for key in ("trace", "erank", "top5")}), flush=True
-        )
+        print(label, json.dumps({key: entry[key] for key in ("trace", "erank", "top5")}), flush=True)
     return results
 
 

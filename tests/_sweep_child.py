@@ -1,12 +1,8 @@
 """Runs one sweep task in a subprocess (for the kill and concurrency tests): CONFIG STORE TASK."""
 
-import pathlib
 import sys
 
-sys.path.insert(0, str(pathlib.Path(__file__).parent))
-
-
-from ntkspec.sweep import load_config, run_sweep  # noqa: E402
+from ntkspec.sweep import load_config, run_sweep
 
 config = load_config(sys.argv[1], store=sys.argv[2])
 print("start", flush=True)
