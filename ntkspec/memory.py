@@ -128,7 +128,8 @@ def matvec_bytes(
     """Peak bytes per device of one `NTKOperator.matvec` on a block of `probe_block` probes.
 
     P_dev (params) + c * probe_block * P_dev (J^T V; c = 1, + 1 with several sample chunks, + 1
-    when "data" > 1) + one sample chunk's activations with its probe_block tangents + V and K V.
+    when "data" > 1) + one sample chunk's activations with its probe_block tangents + V and K V
+    + the inputs x and, when N is not a multiple of the chunk, their padded copy.
     `chunk_size` defaults as in `ntkspec.ntk` (min(N, 256)).
     """
     sizes = _sizes(width, depth, d_in, n_outputs)
@@ -147,7 +148,10 @@ def matvec_bytes(
     if devices_model > 1:  # one layer's probe tangents gathered whole across "model"
         activations += s_dev * probe_block * width
     vectors = 2 * n_samples * n_outputs * probe_block
-    return itemsize * (params + copies * probe_block * params + activations + vectors)
+    padded = -(-n_samples // chunk) * chunk
+    rows = n_samples + (padded if padded != n_samples else 0)
+    inputs = rows * d_in // (devices_data if n_samples % devices_data == 0 else 1)
+    return itemsize * (params + copies * probe_block * params + activations + vectors + inputs)
 
 
 def exact_kernel_bytes(
