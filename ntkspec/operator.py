@@ -43,6 +43,7 @@ class NTKOperator:
     scale: jax.Array | None
     apply: Any = dataclasses.field(metadata=dict(static=True))
     n_outputs: int = dataclasses.field(metadata=dict(static=True))
+    dtype: Any = dataclasses.field(metadata=dict(static=True))
     chunk_size: int = dataclasses.field(metadata=dict(static=True))
     probe_block: int = dataclasses.field(metadata=dict(static=True))
     mesh: Mesh | None = dataclasses.field(default=None, metadata=dict(static=True))
@@ -55,10 +56,6 @@ class NTKOperator:
     def shape(self) -> tuple[int, int]:
         n = self.n_samples * self.n_outputs
         return (n, n)
-
-    @property
-    def dtype(self):
-        return jax.eval_shape(self.apply, self.params, self.state, self.x[:1]).dtype
 
     def matvec(self, v: jax.Array) -> jax.Array:
         """K v for v of shape (n,) or (n, k)."""
@@ -124,7 +121,7 @@ def ntk(
         data = mesh.shape["data"]
         chunk_size = -(-chunk_size // data) * data  # every chunk splits evenly over "data"
         params, x = sharding.shard_params(params, mesh), sharding.shard_batch(x, mesh)
-    return NTKOperator(params, state, x, None, apply, out.shape[1], chunk_size, probe_block, mesh)
+    return NTKOperator(params, state, x, None, apply, out.shape[1], out.dtype, chunk_size, probe_block, mesh)
 
 
 def _chunks(op: NTKOperator, tree):
