@@ -195,6 +195,18 @@ def _largest(fits, start: int, step: int, limit: int) -> int:
     return low * step
 
 
+def _layout(depth: int, d_in: int, n_outputs: int, devices_data: int, devices_model: int, itemsize: int):
+    """The keyword arguments shared by the byte counters."""
+    return dict(
+        depth=depth,
+        d_in=d_in,
+        n_outputs=n_outputs,
+        devices_data=devices_data,
+        devices_model=devices_model,
+        itemsize=itemsize,
+    )
+
+
 def largest_width(
     device_bytes: int,
     devices_model: int = 1,
@@ -218,14 +230,7 @@ def largest_width(
     if workload not in WORKLOADS:
         raise bad_value("workload", repr(workload), f"one of {WORKLOADS}")
     _check("device_bytes", device_bytes)
-    common = dict(
-        depth=depth,
-        d_in=d_in,
-        n_outputs=n_outputs,
-        devices_data=devices_data,
-        devices_model=devices_model,
-        itemsize=itemsize,
-    )
+    common = _layout(depth, d_in, n_outputs, devices_data, devices_model, itemsize)
 
     def cost(width: int) -> int:
         if workload == "training":
@@ -257,14 +262,7 @@ def largest_ntk_batch(
     if method not in ("exact", "matvec"):
         raise bad_value("method", repr(method), "'exact' or 'matvec'")
     _check("device_bytes", device_bytes)
-    common = dict(
-        depth=depth,
-        d_in=d_in,
-        n_outputs=n_outputs,
-        devices_data=devices_data,
-        devices_model=devices_model,
-        itemsize=itemsize,
-    )
+    common = _layout(depth, d_in, n_outputs, devices_data, devices_model, itemsize)
 
     def cost(n: int) -> int:
         if method == "exact":
