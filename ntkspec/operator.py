@@ -83,9 +83,12 @@ class NTKOperator:
         """The cosine NTK D^{-1/2} K D^{-1/2} (rows with D = 0, dead outputs, are set to zero)."""
         if self.scale is not None:
             return self
-        d = _diagonal(self)
-        scale = jnp.where(d > 0, jax.lax.rsqrt(jnp.where(d > 0, d, 1)), 0)
-        return dataclasses.replace(self, scale=scale)
+        return dataclasses.replace(self, scale=cosine_scale(_diagonal(self)))
+
+
+def cosine_scale(d: jax.Array) -> jax.Array:
+    """s = D^{-1/2} for the cosine kernel s K s; zero where D = 0 (dead outputs)."""
+    return jnp.where(d > 0, jax.lax.rsqrt(jnp.where(d > 0, d, 1)), 0)
 
 
 def ntk(

@@ -28,6 +28,7 @@ from jax.scipy.special import entr
 from ntkspec._errors import bad_value, describe
 from ntkspec.estimators.dense import as_operator
 from ntkspec.estimators.quadrature import krylov_spectrum
+from ntkspec.operator import cosine_scale
 
 METHODS = ("auto", "exact", "stochastic")
 # Matvecs of the stochastic method: 400 gave ~0.2 % error in the effective rank on n <= 5000 kernels
@@ -217,8 +218,7 @@ def spectra(
     op, method, reason, budget = _choose(op, method, budget, top_k, memory_budget)
     if method == "exact":
         kernel = jnp.asarray(op.dense())
-        d = jnp.diagonal(kernel)
-        scale = jnp.where(d > 0, jax.lax.rsqrt(jnp.where(d > 0, d, 1)), 0)
+        scale = cosine_scale(jnp.diagonal(kernel))
         cosine = scale[:, None] * kernel * scale[None, :]
         return _exact(as_operator(kernel), top_k, reason), _exact(as_operator(cosine), top_k, reason)
     raw_key, cosine_key = jax.random.split(_require_key(key, reason))
