@@ -6,7 +6,8 @@ Per run (records r = 0 .. n-1 of one training run):
 * T0 = tr K at the first record (initialisation) and the trace ratio (T(r*) - T0) / T0;
 * effective rank and cosine effective rank at r*;
 * the adaptation rate dT / d ln L_train at r*: T and ln L_train are smoothed by a centred running
-  mean over `window` records, then differentiated, dT/dlnL = (dT/dt) / (dlnL/dt) with `np.gradient`.
+  mean over `window` records (by default a tenth of the run's records), then differentiated,
+  dT/dlnL = (dT/dt) / (dlnL/dt) with `np.gradient`.
 
 Across seeds: means and standard errors per width (or per training-set size). Scaling laws are
 fitted as straight lines in log-log space to the per-width means; the transition width is the
@@ -93,13 +94,23 @@ def running_mean(values: ArrayLike, window: int) -> np.ndarray:
     return _safe_divide(total, count)
 
 
-def adaptation_rate(trace: ArrayLike, train_loss: ArrayLike, window: int = 20) -> np.ndarray:
+def default_window(n_records: int) -> int:
+    """Running-mean window of the adaptation rate: a tenth of the records, at least 1.
+
+    Sweeps record 15-30 log-spaced times; a fixed wide window would average over most of such a run
+    and flatten ln L wherever the records it spans do not change (NaN rates), so it scales with n.
+    """
+    return max(1, n_records // 10)
+
+
+def adaptation_rate(trace: ArrayLike, train_loss: ArrayLike, window: int | None = None) -> np.ndarray:
     """dT / d ln L_train at every record, from running means of T and ln L_train over `window`.
 
     The derivative is the ratio of the record-wise gradients of the two smoothed curves, which
     equals `np.gradient(T_s, lnL_s)` where ln L is monotone, and is NaN where ln L is flat.
-    Records with a non-positive or non-finite loss are left out of the means. Fewer than two records
-    give NaN.
+    Records with a non-positive or non-finite loss (a float32 cross-entropy that rounded to 0 on a
+    memorised training set) are left out of the means. `window` defaults to `default_window(n)`.
+    Fewer than two records give NaN.
     """
     t = np.asarray(trace, dtype=np.float64)
     loss = np.asarray(train_loss, dtype=np.float64)
@@ -114,7 +125,7 @@ def adaptation_rate(trace: ArrayLike, train_loss: ArrayLike, window: int = 20) -
     positive = np.isfinite(loss) & (loss > 0)
     log_loss = np.log(np.where(positive, loss, 1.0))
     log_loss[~positive] = np.nan
-    window = min(window, t.size)
+    window = min(default_window(t.size) if window is None else window, t.size)
     dt = np.gradient(running_mean(t, window))
     dl = np.gradient(running_mean(log_loss, window))
     return _safe_divide(dt, dl)
@@ -141,7 +152,7 @@ class RunSummary:
         return dataclasses.asdict(self)
 
 
-def run_summary(records: Mapping[str, ArrayLike], *, window: int = 20) -> RunSummary:
+def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) -> RunSummary:
     """Summarise one run from its record arrays.
 
     Parameters
@@ -151,7 +162,7 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int = 20) -> RunSum
         `effective_rank`; optionally `cosine_effective_rank` and `test_accuracy` (NaN if absent).
         The first record is taken to be the initialisation (T0 = trace[0]).
     window
-        Records in the running mean used for the adaptation rate (fewer if the run is shorter).
+        Records in the running mean used for the adaptation rate (default: `default_window`).
     """
     missing = [name for name in _REQUIRED if name not in records]
     if missing:
@@ -673,7 +684,7 @@ class Analysis:
 
 
 def analyze_store(
-    path: str | Path, *, window: int = 20, n_boot: int = 1000, rng: np.random.Generator | int = 0
+    path: str | Path, *, window: int | None = None, n_boot: int = 1000, rng: np.random.Generator | int = 0
 ) -> Analysis:
     """Read a sweep's store; derive run summaries, the per-group table, power laws, breakpoints.
 

@@ -111,7 +111,7 @@ def plot_store(
 
 
 @_styled
-def dynamics_figure(analysis: Analysis, window: int = 20) -> Figure:
+def dynamics_figure(analysis: Analysis, window: int | None = None) -> Figure:
     """Seed-mean trace, adaptation rate and effective rank vs epoch (top) and train loss (bottom).
 
     One line per width (or data size), coloured on a sequential scale; a dot marks the mean epoch of
@@ -244,7 +244,7 @@ def _palette(n: int) -> ListedColormap:
     return ListedColormap(mpl.colormaps["viridis"](np.linspace(0.0, 0.88, max(n, 1))))
 
 
-def _seed_mean(runs: list[Run], window: int) -> dict[str, np.ndarray]:
+def _seed_mean(runs: list[Run], window: int | None) -> dict[str, np.ndarray]:
     """Seed means at the epochs all runs recorded: trace, effective rank, ln train loss, rate."""
     epochs = runs[0].records["epoch"]
     for run in runs[1:]:

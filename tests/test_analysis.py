@@ -70,6 +70,20 @@ def test_adaptation_rate_of_linear_trace_in_log_loss_is_its_slope():
     assert np.all(np.isnan(flat))
 
 
+def test_adaptation_rate_of_a_short_run_whose_loss_rounds_to_zero():
+    # 15 records, the train loss reaching float32's exact 0 from record 11 on (as a memorised
+    # training set does): the default window must not average the flat tail into the early records.
+    rec = _records(n=15, b=-2.5)
+    rec["train_loss"][11:] = 0.0
+    rec["trace"][11:] = rec["trace"][10]
+    rate = adaptation_rate(rec["trace"], rec["train_loss"])
+    np.testing.assert_allclose(rate[:10], -2.5)
+    assert np.all(np.isnan(rate[11:]))
+    assert run_summary({**rec, "test_loss": 1.0 + (np.arange(15) - 5.0) ** 2}).adaptation_rate_at_min == (
+        pytest.approx(-2.5)
+    )
+
+
 def test_run_summary_known_values():
     rec = _records(a=3.0, b=-2.0, i_min=30)
     s = run_summary(rec)
