@@ -9,6 +9,7 @@ import pytest
 from _estimator_kernels import digits_ntk, exact_summary, power_law
 
 from ntkspec.estimators import entropy_from_traces, krylov_spectrum, slq, xlogx
+from ntkspec.estimators._common import sample_std
 
 
 @functools.cache
@@ -82,6 +83,18 @@ def test_rank_deficient_float32_kernel_gives_no_nan_with_or_without_trace(key):
 def test_budget_too_small_is_explained(key):
     with pytest.raises(ValueError, match="budget"):
         krylov_spectrum(jnp.eye(100), key, budget=30)
+    # 40 matvecs leave 2 probes: enough for a plain error bar, not for the control variate's fit
+    # of an intercept and a slope (whose error bar would be 0/0).
+    kernel = jnp.asarray(power_law(1.0, 100)[0])
+    plain = krylov_spectrum(kernel, key, budget=40)
+    assert 0 < float(plain.entropy_stderr) < np.inf
+    with pytest.raises(ValueError, match=">= 3 residual probes"):
+        krylov_spectrum(kernel, key, trace=float(jnp.trace(kernel)), budget=40)
+
+
+def test_too_few_samples_give_an_infinite_error_bar_not_zero():
+    assert float(sample_std(jnp.ones(2), ddof=2)) == np.inf
+    assert float(sample_std(jnp.array([1.0, 3.0]))) == pytest.approx(np.sqrt(2.0))
 
 
 def test_array_operator_and_callable_forms_agree_under_jit(key):

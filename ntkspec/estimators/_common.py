@@ -63,8 +63,11 @@ def xlogx(x: jax.Array) -> jax.Array:
 
 
 def sample_std(x: jax.Array, ddof: int = 1) -> jax.Array:
-    """Sample standard deviation along axis 0 (0 when there are too few samples)."""
+    """Sample standard deviation along axis 0; +inf when there are too few samples to estimate one.
+
+    An estimate from m <= ddof samples has no error bar: +inf says so, where 0 would claim exactness.
+    """
     m = x.shape[0]
     if m <= ddof:
-        return jnp.zeros(x.shape[1:], x.dtype)
+        return jnp.full(x.shape[1:], jnp.inf, x.dtype)
     return jnp.std(x, axis=0, ddof=ddof)

@@ -153,11 +153,13 @@ def krylov_spectrum(
     r = min(r_max, blocks // 2)
     q = blocks - r
     m = (budget - blocks * b) // s
-    if m < 2 or s + 1 > n or top_k > blocks * b:
+    # The control variate fits an intercept and a slope to the probes: its error bar needs m >= 3.
+    m_min = 2 if trace is None else 3
+    if m < m_min or s + 1 > n or top_k > blocks * b:
         raise bad_value(
             "budget",
             budget,
-            f"room for >= 2 residual probes of {s} steps after {blocks} blocks of {b} "
+            f"room for >= {m_min} residual probes of {s} steps after {blocks} blocks of {b} "
             f"and top_k = {top_k} <= {blocks * b} Krylov columns",
             "Raise the budget, or lower block_size / probe_steps / top_k.",
         )
