@@ -35,7 +35,10 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--only", type=_sections, default=suite.SECTIONS, help="comma-separated sections")
     run.add_argument("--nt-venv", type=Path, default=None, help="neural-tangents venv (anchors)")
     run.add_argument("--rerun-anchors", action="store_true", help="rerun anchors instead of reusing them")
-    run.add_argument("--anchor-widths", default="256,1024")
+    run.add_argument("--anchor-widths", default="256,1024,4096")
+    run.add_argument(
+        "--data-dir", type=Path, default=suite.DATA_DIR, help="folder with mnist/ (full run's MNIST NTKs)"
+    )
     run.add_argument("--note", default="", help="a line for summary.md (e.g. what else ran)")
     summarize = commands.add_parser("summarize", help="redraw figures and summary.md from a results folder")
     summarize.add_argument("out", type=Path)
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         nt_venv=args.nt_venv,
         rerun_anchors=args.rerun_anchors,
         anchor_widths=[int(w) for w in args.anchor_widths.split(",")],
+        data_dir=args.data_dir,
         note=args.note,
     )
 

@@ -29,6 +29,7 @@ import numpy as np
 
 import ntkspec
 from benchmarks._timing import best_time, machine
+from benchmarks.suite import _last_error
 
 HERE = Path(__file__).parent
 CANDIDATES = ("nt_impl1", "nt_impl2", "nt_impl3", "jacobian_baseline")
@@ -95,8 +96,7 @@ def run(widths, venv: Path, n: int = 128, jacobian_max_width: int = 1024) -> dic
                     text=True,
                 )
                 if done.returncode != 0:  # e.g. killed for memory: recorded, and the run goes on
-                    tail = (done.stderr.strip().splitlines() or [""])[-1][:200]
-                    row[name + "_error"] = f"exit {done.returncode}: {tail}"
+                    row[name + "_error"] = f"exit {done.returncode}: {_last_error(done.stderr)}"
                     continue
                 row |= json.loads(done.stdout.strip().splitlines()[-1])
                 k = np.load(out)

@@ -6,11 +6,13 @@ figures as PNG and `DIR/summary.md`. Sections:
 
 work-precision
     `benchmarks.estimators_work_precision` (synthetic power laws and a digits NTK: error of the trace,
-    effective-rank and top-5 estimators against matvecs), and real NTKs: the study MLP on
-    scikit-learn digits at initialisation and after brief full-batch Adam training, raw and cosine
-    kernels. For these, the relative error of the stochastic spectrum's effective rank against the
-    exact float64 one over seeds and budgets, and the coverage of its error interval: the fraction of
-    seeds with |H_est - H| <= 2 stderr + bias bound (H the entropy, erank = exp H).
+    effective-rank and top-5 estimators against matvecs), and real NTKs at initialisation and after
+    full-batch Adam training, raw and cosine kernels: an MLP on scikit-learn digits, and (full scale,
+    when `data_dir` holds `mnist/`, e.g. ../shared/data) the study's 784 -> 256 -> 256 -> 10 MLP on
+    100 MNIST training samples with its NTK on 128 held-out ones. For these, the relative error of the
+    stochastic spectrum's effective rank against the exact float64 one over seeds and budgets, and the
+    coverage of its error interval: the fraction of seeds with |H_est - H| <= 2 stderr + bias bound
+    (H the entropy, erank = exp H).
 width
     3-layer ReLU MLP 784 -> w -> w -> 10 (`dense_kernel._MLP`), N = 128 inputs (K is 1280 x 1280):
     exact through the structured kernel, exact through the generic Jacobian contraction (up to
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -47,19 +50,22 @@ import numpy as np
 
 HERE = Path(__file__).parent
 SECTIONS = ("work-precision", "width", "kernel-size", "anchors")
-NT_VENVS = (HERE / ".nt-venv", Path("/work/nt-venv-0423"))
+NT_VENV = HERE / ".nt-venv"
+DATA_DIR = HERE.parent.parent / "shared" / "data"  # the project's shared data, next to the checkout
 
 # Sizes per scale. "smoke" is the test's: seconds, not a benchmark.
 SCALES = {
     "smoke": {
-        "wp": {"n": 100, "seeds": 2, "trace": [24], "erank": [40], "topk": [40]},
-        "real": {"n_ntk": 10, "n_train": 50, "steps": 5, "seeds": 2, "budgets": [40]},
-        "width": {"widths": [16], "n": 8, "jacobian_max": 16, "stochastic_max": 16, "budget": 40},
-        "kernel": {"width": 16, "ns": [10, 20], "budget": 40, "exact_max_rows": 200},
+        "wp": {"n": 100, "seeds": 2, "trace": [24], "erank": [50], "topk": [40]},
+        "real": {"n_ntk": 10, "n_train": 50, "steps": 5, "seeds": 2, "budgets": [50]},
+        "mnist": None,
+        "width": {"widths": [16], "n": 8, "jacobian_max": 16, "stochastic_max": 16, "budget": 50},
+        "kernel": {"width": 16, "ns": [10, 20], "budget": 50, "exact_max_rows": 200},
     },
     "quick": {
         "wp": {"n": 200, "seeds": 2, "trace": [24, 96], "erank": [100, 200], "topk": [40, 80]},
         "real": {"n_ntk": 50, "n_train": 500, "steps": 50, "seeds": 2, "budgets": [100, 200]},
+        "mnist": None,  # quick runs need nothing outside the repository
         "width": {
             "widths": [64, 256],
             "n": 128,
@@ -78,6 +84,14 @@ SCALES = {
             "topk": [40, 80, 160],
         },
         "real": {"n_ntk": 100, "n_train": 1000, "steps": 200, "seeds": 10, "budgets": [100, 200, 400]},
+        "mnist": {
+            "width": 256,
+            "n_ntk": 128,
+            "n_train": 100,
+            "steps": 200,
+            "seeds": 10,
+            "budgets": [100, 200, 400],
+        },
         "width": {
             "widths": [64, 256, 1024, 4096, 16384],
             "n": 128,
@@ -317,8 +331,18 @@ def _train(model, x, y, steps: int, lr: float = 1e-3) -> float:
     return float(jnp.mean(jnp.argmax(model(x), axis=1) == y))
 
 
+def _mnist(n_train: int, n_ntk: int, data_dir: str):
+    import jax
+    import jax.numpy as jnp
+
+    from ntkspec import data
+
+    part = data.split(data.load("mnist", data_dir), n_train, n_ntk, jax.random.key(0), dtype=np.float64)
+    return (jnp.asarray(part.x_train), jnp.asarray(part.y_train)), jnp.asarray(part.x_ntk)
+
+
 def _real_ntk_task(task: dict) -> dict:
-    """Stochastic against exact float64 spectra of the digits MLP NTK, at init and after training."""
+    """Stochastic against exact float64 spectra of an MLP's NTK (digits or MNIST), init and trained."""
     import jax
     import jax.numpy as jnp
 
@@ -326,8 +350,14 @@ def _real_ntk_task(task: dict) -> dict:
     from ntkspec.models import build
     from ntkspec.spectrum import spectra
 
-    (x_train, y_train), x_ntk = _digits(task["n_train"], task["n_ntk"])
-    model = build("mlp", (64,), 10, jax.random.key(0), width=64, depth=3, param_dtype=jnp.float64)
+    if task["dataset"] == "mnist":
+        (x_train, y_train), x_ntk = _mnist(task["n_train"], task["n_ntk"], task["data_dir"])
+    else:
+        (x_train, y_train), x_ntk = _digits(task["n_train"], task["n_ntk"])
+    width = task.get("width", 64)
+    model = build(
+        "mlp", x_ntk.shape[1:], 10, jax.random.key(0), width=width, depth=3, param_dtype=jnp.float64
+    )
     rows = []
     for state in ("init", "trained"):
         accuracy = None
@@ -368,7 +398,7 @@ def _real_ntk_task(task: dict) -> dict:
                     }
                 )
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    return {"rows": rows, "settings": task}
+    return {"rows": rows, "settings": task | {"inputs": int(x_ntk.shape[1]), "width": width}}
 
 
 TASKS = {
@@ -411,9 +441,15 @@ def _spawn(task: dict, timeout: float | None = None) -> dict:
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     if done.returncode != 0:  # e.g. killed for memory: recorded, and the suite goes on
-        tail = (done.stderr.strip().splitlines() or [""])[-1][:300]
-        return {"error": f"exit {done.returncode}: {tail}"}
+        return {"error": f"exit {done.returncode}: {_last_error(done.stderr)}"}
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _last_error(stderr: str) -> str:
+    """The exception line of a worker's traceback (JAX appends a note after it), else the last line."""
+    lines = stderr.strip().splitlines() or [""]
+    errors = [line for line in lines if re.match(r"^[\w.]+(Error|Exception)\b", line)]
+    return (errors or lines)[-1][:300]
 
 
 # --------------------------------------------------------------------------------------------
@@ -424,11 +460,19 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def section_work_precision(cfg: dict, out: Path) -> dict:
+def section_work_precision(cfg: dict, out: Path, data_dir: Path | None) -> dict:
     wp = _spawn({"kind": "work-precision", "x64": True, "out": str(out), **cfg["wp"]})
     _log(f"work-precision: synthetic panels done ({wp.get('meta', wp)})")
-    real = _spawn({"kind": "real-ntk", "x64": True, **cfg["real"]})
-    _log("work-precision: real NTKs done")
+    real = {"digits": _spawn({"kind": "real-ntk", "x64": True, "dataset": "digits", **cfg["real"]})}
+    _log("work-precision: digits NTKs done")
+    if cfg["mnist"] is None:
+        pass
+    elif data_dir is None or not (data_dir / "mnist").is_dir():
+        real["mnist"] = {"skipped": f"no mnist/ in --data-dir ({data_dir})"}
+    else:
+        task = {"kind": "real-ntk", "x64": True, "dataset": "mnist", "data_dir": str(data_dir)}
+        real["mnist"] = _spawn(task | cfg["mnist"])
+        _log("work-precision: MNIST NTKs done")
     return {"estimators": wp, "real_ntk": real}
 
 
@@ -439,7 +483,7 @@ def section_width(cfg: dict) -> dict:
         for method in ("structured", "jacobian", "stochastic"):
             base = {"method": method, "width": width, "n": c["n"]}
             if method == "jacobian" and width > c["jacobian_max"]:
-                rows.append(base | {"skipped": f"w > {c['jacobian_max']}: (N C)^2 P work, 80 s at w = 1024"})
+                rows.append(base | {"skipped": f"w > {c['jacobian_max']}: its (N C)^2 P work grows as w^2"})
                 continue
             if method == "stochastic" and width > c["stochastic_max"]:
                 rows.append(
@@ -469,12 +513,12 @@ def section_kernel_size(cfg: dict) -> dict:
 
 def section_anchors(*, quick: bool, nt_venv: Path | None, rerun: bool, widths) -> dict:
     if quick:
-        return {"skipped": "quick run: neural-tangents anchors are not run (about 15 min)"}
-    venv = nt_venv or next((v for v in NT_VENVS if (v / "bin" / "python").exists()), None)
+        return {"skipped": "quick run: neural-tangents anchors are not run (about 12 min)"}
+    venv = nt_venv or NT_VENV
     saved = HERE / "results" / "anchors.json"
     if not rerun and saved.exists():
         return json.loads(saved.read_text()) | {"source": f"reused {saved.relative_to(HERE.parent)}"}
-    if venv is None or not (venv / "bin" / "python").exists():
+    if not (venv / "bin" / "python").exists():
         return {"skipped": "no neural-tangents venv: run `bash benchmarks/setup_neural_tangents.sh`"}
     from benchmarks import anchors
 
@@ -620,7 +664,7 @@ def _plot_kernel_size(result: dict, path: Path) -> None:
             fontsize=7,
             transform=ax_t.get_xaxis_transform(),
         )
-    nc = sorted({r["rows"] for r in rows})
+    nc = sorted({r["rows"] for r in rows if "rows" in r})
     ax_m.loglog(nc, [4 * n * n for n in nc], "k--", lw=1, label="dense K alone, 4 (N C)^2 bytes")
     width = result["settings"]["width"]
     ax_m.set(xlabel="N C (kernel rows)", ylabel="peak bytes", title=f"memory, width {width}")
@@ -633,22 +677,25 @@ def _plot_kernel_size(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _plot_real(rows: list[dict], path: Path) -> None:
+def _plot_real(real: dict, path: Path) -> None:
+    """RMS relative error of the effective rank against matvecs: one panel per dataset."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.4))
-    for state in ("init", "trained"):
-        for kind in ("raw", "cosine"):
-            pts = [r for r in rows if r["state"] == state and r["kernel"] == kind]
-            ax.loglog(
-                [r["budget"] for r in pts],
-                [max(r["rmse_rel_error"], 1e-16) for r in pts],
-                marker="o" if kind == "raw" else "s",
-                ls="-" if state == "init" else "--",
-                label=f"{state}, {kind}",
-            )
-    ax.set(xlabel="matvecs", ylabel="RMS relative error", title="digits MLP NTK: effective rank")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
+    blocks = {name: block["rows"] for name, block in real.items() if "rows" in block}
+    fig, axes = plt.subplots(1, len(blocks), figsize=(5 * len(blocks), 3.4), squeeze=False)
+    for ax, (dataset, rows) in zip(axes[0], blocks.items(), strict=True):
+        for state in ("init", "trained"):
+            for kind in ("raw", "cosine"):
+                pts = [r for r in rows if r["state"] == state and r["kernel"] == kind]
+                ax.loglog(
+                    [r["budget"] for r in pts],
+                    [max(r["rmse_rel_error"], 1e-16) for r in pts],
+                    marker="o" if kind == "raw" else "s",
+                    ls="-" if state == "init" else "--",
+                    label=f"{state}, {kind}",
+                )
+        ax.set(xlabel="matvecs", ylabel="RMS relative error", title=f"{dataset} MLP NTK: effective rank")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=70)
     plt.close(fig)
@@ -671,16 +718,24 @@ def _fmt_e(x) -> str:
 
 
 def _summary(results: dict, meta: dict) -> str:
-    m = meta["machine"]
     flag = {"full": "", "quick": " --quick", "smoke": " --smoke"}[meta["scale"]]
-    times = ", ".join(f"{name} {r['seconds']:.0f} s" for name, r in results.items())
     lines = [
         f"# Benchmark suite ({meta['scale']})",
         "",
-        f"`python -m benchmarks run{flag}`, {meta['date']}: {m['processor']}, {m['cpu_count']} CPU cores, "
-        f"{m['device']}, JAX {m['jax']}, float32 unless said. Section times: {times}. {meta['note']}",
+        f"`python -m benchmarks run{flag}`, float32 unless said. Each section as it was last run "
+        "(`--only` reruns one section and keeps the others):",
         "",
     ]
+    for name, r in results.items():
+        run = r.get("run") or {"date": r.get("machine", {}).get("date", "date not recorded"), "note": ""}
+        m = run.get("machine") or r.get("machine")
+        where = "machine not recorded"
+        if m:
+            where = f"{m['platform']}, {m['cpu_count']} CPU cores, {m['device']}, JAX {m['jax']}"
+            if "load_average_at_end" in m:
+                where += f", load average at end {m['load_average_at_end'][0]:.1f}"
+        lines.append(f"- {name}: {r['seconds']:.0f} s, {run['date']}, {where}. {run['note']}".rstrip())
+    lines.append("")
     if "work-precision" in results:
         lines += _summary_wp(results["work-precision"])
     if "width" in results:
@@ -729,15 +784,21 @@ def _summary_wp(r: dict) -> list[str]:
         lines += _table(header, rows, right_from=2) + [""]
     else:
         lines += [f"Synthetic panels failed: {est.get('error')}", ""]
-    real = r["real_ntk"]
+    for dataset, real in r["real_ntk"].items():
+        lines += _summary_real(dataset, real)
+    return lines
+
+
+def _summary_real(dataset: str, real: dict) -> list[str]:
     if "rows" not in real:
-        return lines + [f"Real NTKs failed: {real.get('error')}", ""]
+        return [f"Real NTKs ({dataset}): {real.get('skipped') or 'failed: ' + str(real.get('error'))}", ""]
     s = real["settings"]
     size = s["n_ntk"] * 10
-    lines += [
-        f"Real NTKs: MLP 64 → 64 → 64 → 10 (`ntkspec.models.MLP`, float64) on {s['n_ntk']} held-out "
-        f"digits (K is {size} × {size}), at init and after {s['steps']} full-batch Adam steps (lr 1e-3) "
-        f'on {s["n_train"]} digits; `spectra(op, "stochastic", budget=B)` against `spectra(op, "exact")`, '
+    lines = [
+        f"Real NTKs, {dataset}: MLP {s['inputs']} → {s['width']} → {s['width']} → 10 (`ntkspec.models.MLP`, "
+        f"float64) on {s['n_ntk']} held-out samples (K is {size} × {size}), at init and after {s['steps']} "
+        f"full-batch Adam steps (lr 1e-3) on {s['n_train']} training samples; "
+        '`spectra(op, "stochastic", budget=B)` against `spectra(op, "exact")`, '
         f"{s['seeds']} seeds. Coverage: fraction of seeds with |H_est − H| ≤ 2·stderr + bias bound "
         "(H the entropy). ![real NTK](real_ntk_erank.png)",
         "",
@@ -856,7 +917,9 @@ def _summary_anchors(r: dict) -> list[str]:
     lines += [
         "Exact kernel of the same MLP (N = 128) against neural-tangents' `empirical_ntk_fn` "
         f"({r.get('source', '')}; measured {r['machine']['date']}). Max rel. difference against ntkspec "
-        "in brackets.",
+        "in brackets. GEMM floor: the Dense rule's large products alone (Δ_1 = (Δ_2 W_2ᵀ) ⊙ mask, then "
+        "Δ_1 Δ_1ᵀ + Δ_2 Δ_2ᵀ) as bare XLA products; best NT / floor bounds the speed-up any "
+        "implementation of that rule could have over neural-tangents.",
         "",
     ]
     rows = []
@@ -867,10 +930,14 @@ def _summary_anchors(r: dict) -> list[str]:
                 cells.append(f"{_fmt_s(row[name + '_s'])} ({row[name + '_max_rel_diff']:.0e})")
             else:
                 cells.append(row.get(name + "_error", "–"))
-        speed = row.get("speedup_vs_best_nt")
-        rows.append(cells + ["–" if speed is None else f"{speed:.1f}×"])
+        floor = row.get("gemm_floor_s")
+        cells.append("–" if floor is None else _fmt_s(floor))
+        for ratio in ("speedup_vs_best_nt", "best_nt_over_floor"):
+            cells.append("–" if row.get(ratio) is None else f"{row[ratio]:.1f}×")
+        rows.append(cells)
     header = ["w", "ntkspec structured", "NT impl 1", "NT impl 2", "NT impl 3", "Jacobian baseline"]
-    return lines + _table(header + ["speed-up vs best NT"], rows) + [""]
+    header += ["GEMM floor", "speed-up vs best NT", "best NT / floor"]
+    return lines + _table(header, rows) + [""]
 
 
 # --------------------------------------------------------------------------------------------
@@ -884,10 +951,14 @@ def run_suite(
     only: tuple[str, ...] = SECTIONS,
     nt_venv: Path | None = None,
     rerun_anchors: bool = False,
-    anchor_widths=(256, 1024),
+    anchor_widths=(256, 1024, 4096),
+    data_dir: Path | None = DATA_DIR,
     note: str = "",
 ) -> Path:
-    """Run the sections of `only` at `scale` ("full", "quick" or "smoke"); return the output folder."""
+    """Run the sections of `only` at `scale` ("full", "quick" or "smoke"); return the output folder.
+
+    `data_dir` holds `mnist/` for the MNIST real NTKs of a full run (skipped, and said so, without it).
+    """
     from benchmarks._timing import machine
 
     cfg = SCALES[scale]
@@ -902,7 +973,7 @@ def run_suite(
         _log(f"section {name} ({scale})")
         t0 = time.perf_counter()
         if name == "work-precision":
-            result = section_work_precision(cfg, out)
+            result = section_work_precision(cfg, out, data_dir)
         elif name == "width":
             result = section_width(cfg)
         elif name == "kernel-size":
@@ -911,7 +982,12 @@ def run_suite(
             result = section_anchors(
                 quick=scale != "full", nt_venv=nt_venv, rerun=rerun_anchors, widths=anchor_widths
             )
-        result = {"section": name, "scale": scale, "seconds": time.perf_counter() - t0} | result
+        stamp = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+            "machine": machine() | {"load_average_at_end": os.getloadavg()},
+            "note": note,
+        }
+        result = {"section": name, "scale": scale, "seconds": time.perf_counter() - t0, "run": stamp} | result
         (out / f"{name}.json").write_text(json.dumps(result, indent=1))
         results[name] = result
     meta = {
@@ -938,8 +1014,9 @@ def render(out: Path) -> Path:
         for name in SECTIONS
         if (out / f"{name}.json").exists()
     }
-    if "rows" in results.get("work-precision", {}).get("real_ntk", {}):
-        _plot_real(results["work-precision"]["real_ntk"]["rows"], out / "real_ntk_erank.png")
+    real = results.get("work-precision", {}).get("real_ntk", {})
+    if any("rows" in block for block in real.values()):
+        _plot_real(real, out / "real_ntk_erank.png")
     if "width" in results:
         results["width"]["crossover"] = _crossover(results["width"]["rows"])
         _plot_width(results["width"], out / "width.png")

@@ -62,3 +62,40 @@ def test_bench_command_needs_the_source_checkout(tmp_path, monkeypatch):
 def test_bench_command_forwards_to_the_suite():
     result = CliRunner().invoke(app, ["bench", "--only", "no-such-section"])
     assert result.exit_code == 2  # argparse in `python -m benchmarks run` rejected the section
+
+
+def test_summary_renders_real_ntks_per_dataset_and_says_what_was_skipped(tmp_path):
+    from benchmarks import suite
+
+    row = {
+        "state": "init",
+        "kernel": "raw",
+        "budget": 50,
+        "rows": 100,
+        "train_accuracy": None,
+        "exact_effective_rank": 28.4,
+        "rmse_rel_error": 0.098,
+        "max_abs_rel_error": 0.14,
+        "mean_rel_stderr": 0.057,
+        "coverage": 0.5,
+        "seeds": 2,
+        "seconds_per_spectrum": 1.9,
+    }
+    settings = {"n_ntk": 10, "n_train": 50, "steps": 5, "seeds": 2, "inputs": 64, "width": 64}
+    section = {
+        "section": "work-precision",
+        "scale": "smoke",
+        "seconds": 1.0,
+        "estimators": {"error": "not run here"},
+        "real_ntk": {
+            "digits": {"rows": [row, row | {"kernel": "cosine"}], "settings": settings},
+            "mnist": {"skipped": "no mnist/ in --data-dir (None)"},
+        },
+    }
+    (tmp_path / "work-precision.json").write_text(json.dumps(section))
+    (tmp_path / "meta.json").write_text(json.dumps({"scale": "smoke"}))
+    summary = suite.render(tmp_path).read_text()
+    assert "Real NTKs, digits: MLP 64 → 64 → 64 → 10" in summary and "| init | cosine | 50 |" in summary
+    assert "Real NTKs (mnist): no mnist/ in --data-dir" in summary
+    assert "- work-precision: 1 s, date not recorded, machine not recorded." in summary
+    assert (tmp_path / "real_ntk_erank.png").stat().st_size > 0
