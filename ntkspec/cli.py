@@ -230,7 +230,7 @@ def plot(
 @app.command()
 def bench(
     quick: Annotated[
-        bool, typer.Option(help="Small sizes: about 3 minutes instead of 15 (2 busy CPU cores).")
+        bool, typer.Option(help="Small sizes: about 3 minutes instead of 14 (2 CPU cores, anchors reused).")
     ] = False,
     out: Annotated[
         Path | None, typer.Option(help="Output folder (default benchmarks/results/suite[-quick]).")
@@ -238,6 +238,10 @@ def bench(
     only: Annotated[
         str | None,
         typer.Option(help="Sections, comma-separated: work-precision, width, kernel-size, anchors."),
+    ] = None,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option(help="Folder with mnist/ for the full run's MNIST NTKs (default ../shared/data)."),
     ] = None,
 ) -> None:
     """Run the benchmark suite (`python -m benchmarks run`) of a source checkout."""
@@ -260,4 +264,5 @@ def bench(
     command += ["--quick"] * quick
     command += [] if out is None else ["--out", str(out.resolve())]
     command += [] if only is None else ["--only", only]
+    command += [] if data_dir is None else ["--data-dir", str(data_dir.resolve())]
     raise typer.Exit(subprocess.run(command, cwd=root).returncode)
