@@ -1,4 +1,4 @@
-"""Kernel-target alignment (exact and stochastic) and eigenvector rotation by principal angles."""
+"""Kernel-target and kernel-kernel alignment (exact and stochastic), eigenvector rotation."""
 
 import jax
 import jax.numpy as jnp
@@ -7,14 +7,18 @@ import pytest
 import scipy.linalg
 from _estimator_kernels import digits_data, digits_ntk, exact_summary, power_law
 
+import ntkspec
 from ntkspec.estimators import (
     eigenvector_rotation,
+    kernel_alignment,
+    kernel_alignment_stochastic,
     kernel_target_alignment,
     kernel_target_alignment_stochastic,
     one_hot_targets,
     principal_angles,
     top_eigenpairs,
 )
+from ntkspec.models import build
 
 
 def test_one_hot_targets_are_sample_major():
@@ -46,6 +50,56 @@ def test_stochastic_alignment_is_calibrated_over_100_keys():
     result = jax.device_get(run(kernel, keys))
     assert np.mean(np.abs(result.value - exact) <= 2 * result.stderr) >= 0.85
     assert np.sqrt(np.mean((result.value / exact - 1) ** 2)) < 0.01
+
+
+def test_exact_kernel_alignment_matches_definition():
+    k1, k2 = power_law(1.0, 100, seed=0)[0], power_law(0.5, 100, seed=1)[0]
+    expected = np.sum(k1 * k2) / (np.linalg.norm(k1) * np.linalg.norm(k2))
+    np.testing.assert_allclose(kernel_alignment(k1, k2).value, expected, rtol=1e-12)
+    np.testing.assert_allclose(kernel_alignment(k1, 3.0 * k1).value, 1.0, rtol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "pair",
+    [
+        # two real NTKs: the same MLP from two initialisations (A ≈ 0.9)
+        lambda: (digits_ntk(num_samples=40, seed=0), digits_ntk(num_samples=40, seed=1)),
+        # power laws in unrelated bases (A ≈ 0.3): most of the inner product is in the probes' part
+        lambda: (power_law(1.0, 400, seed=0)[0], power_law(0.5, 400, seed=1)[0]),
+    ],
+    ids=["ntk-two-inits", "power-laws-unrelated"],
+)
+def test_stochastic_kernel_alignment_is_calibrated_over_100_keys(pair):
+    k1, k2 = (jnp.asarray(k) for k in pair())
+    exact = float(kernel_alignment(k1, k2).value)
+    keys = jax.random.split(jax.random.key(6), 100)
+    run = jax.jit(
+        lambda a, b, ks: jax.lax.map(lambda key: kernel_alignment_stochastic(a, b, key, num_matvecs=100), ks)
+    )
+    result = jax.device_get(run(k1, k2, keys))
+    assert np.mean(np.abs(result.value - exact) <= 2 * result.stderr) >= 0.85
+    assert np.sqrt(np.mean((result.value / exact - 1) ** 2)) < 0.02
+    assert int(result.matvecs[0]) == 100
+
+
+def test_stochastic_kernel_alignment_of_two_ntk_operators(key):
+    x = jax.random.normal(jax.random.key(1), (12, 5), jnp.float64)
+    models = [build("mlp", (5,), 3, jax.random.key(s), width=16, depth=3) for s in (0, 1)]
+    ops = [ntkspec.ntk(m, x) for m in models]
+    exact = float(kernel_alignment(ops[0].dense(), ops[1].dense()).value)
+    estimate = kernel_alignment_stochastic(ops[0], ops[1], key, num_matvecs=32)
+    assert abs(float(estimate.value) - exact) <= max(4 * float(estimate.stderr), 1e-6)
+
+
+def test_kernel_alignment_bad_input_names_the_argument(key):
+    with pytest.raises(ValueError, match="kernel2"):
+        kernel_alignment(np.eye(3), np.eye(4))
+    with pytest.raises(ValueError, match="kernel1"):
+        kernel_alignment(np.ones(3), np.ones(3))
+    with pytest.raises(ValueError, match="op2"):
+        kernel_alignment_stochastic(jnp.eye(30), jnp.eye(40), key, num_matvecs=20)
+    with pytest.raises(ValueError, match="num_matvecs"):
+        kernel_alignment_stochastic(jnp.eye(30), jnp.eye(30), key, num_matvecs=4)
 
 
 def test_principal_angles_match_scipy(key):

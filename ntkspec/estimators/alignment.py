@@ -13,6 +13,17 @@ K's (i, c), (j, c′) entry is paired with [c = labels_i][c′ = labels_j], the 
 the network's outputs. Then ⟨K, yyᵀ⟩ = yᵀKy (one matvec, exact) and ‖yyᵀ‖_F = ‖y‖², and only ‖K‖_F²
 needs estimating when K is matrix-free.
 
+Kernel alignment between two kernels (the same paper; 1 − A is the "kernel distance" used to track
+how far the NTK moves in training, Fort et al., "Deep learning versus kernel learning", NeurIPS 2020):
+
+    A(K₁, K₂) = ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F).
+
+Matrix-free, all three inner products come from one Hutch++-style pass (Meyer, Musco, Musco &
+Woodruff, "Hutch++", SOSA 2021) with shared randomness: Q = orth([K₁S, K₂S]) captures both kernels'
+top spaces and gives ⟨K₁Q, K₂Q⟩ exactly; probes g ← (I − QQᵀ)g, shared by the two kernels, estimate
+the rest as the mean of (K₁g)ᵀ(K₂g), ‖K₁g‖², ‖K₂g‖². The error bar is the delta method on the
+probes' 3 × 3 sample covariance.
+
 Rotation. Principal angles between the top-r eigenvector subspaces of two kernels (Björck & Golub
 1973): cos θᵢ are the singular values of U₁ᵀU₂ for orthonormal bases U₁, U₂ (dense `eigh` or the
 Lanczos eigenvectors of `top_eigenpairs` / `krylov_spectrum`), with r the effective rank of the
@@ -119,6 +130,47 @@ def kernel_target_alignment_stochastic(
     return AlignmentEstimate(value, stderr, frob.matvecs + y.shape[1])
 
 
+def kernel_alignment(kernel1, kernel2) -> AlignmentEstimate:
+    """Exact alignment A(K₁, K₂) = ⟨K₁, K₂⟩_F / (‖K₁‖_F ‖K₂‖_F) of two dense kernels (n, n)."""
+    k1, k2 = _same_square(kernel1, kernel2)
+    acc = projected_dtype()
+    k1, k2 = k1.astype(acc), k2.astype(acc)
+    value = jnp.sum(k1 * k2) / (jnp.linalg.norm(k1) * jnp.linalg.norm(k2))
+    return AlignmentEstimate(value, jnp.zeros((), acc), 0)
+
+
+def kernel_alignment_stochastic(op1, op2, key, *, num_matvecs: int, n=None, dtype=None) -> AlignmentEstimate:
+    """Matrix-free A(K₁, K₂) from `num_matvecs` products with each kernel (see the module notes).
+
+    With s = m // 4: sketches K₁S, K₂S (s each), Q = orth of both (2s columns), K₁Q and K₂Q (2s each),
+    and m − 3s shared deflated probes for the three residual traces.
+    """
+    matvec1, n, dtype = as_block_matvec(op1, n, dtype)
+    matvec2, n2, dtype2 = as_block_matvec(op2, n, dtype)
+    if (n2, dtype2) != (n, dtype):
+        raise bad_value("op2", f"{n2} rows of {dtype2}", f"{n} rows of {dtype}, as op1")
+    m = check_positive_int("num_matvecs", num_matvecs, 8)
+    acc = projected_dtype()
+    s = m // 4
+    key_s, key_g = jax.random.split(key)
+    sketch = jax.random.rademacher(key_s, (n, s), dtype)
+    q, _ = jnp.linalg.qr(jnp.concatenate([matvec1(sketch), matvec2(sketch)], axis=1))
+    a, b = matvec1(q).astype(acc), matvec2(q).astype(acc)
+    low_rank = jnp.stack([jnp.sum(a * b), jnp.sum(a * a), jnp.sum(b * b)])
+    p = m - 3 * s
+    g = jax.random.rademacher(key_g, (n, p), dtype)
+    g = g - q @ (q.T @ g)
+    a, b = matvec1(g).astype(acc), matvec2(g).astype(acc)
+    forms = jnp.stack([jnp.sum(a * b, axis=0), jnp.sum(a * a, axis=0), jnp.sum(b * b, axis=0)])
+    inner, norm1, norm2 = low_rank + jnp.mean(forms, axis=1)
+    scale = 1 / jnp.sqrt(norm1 * norm2)
+    value = inner * scale
+    grad = jnp.stack([scale, -value / (2 * norm1), -value / (2 * norm2)])
+    # The delta-method variance needs >= 2 probes; with fewer, `sample_std` says +inf.
+    spread = sample_std(grad @ (forms - jnp.mean(forms, axis=1, keepdims=True)))
+    return AlignmentEstimate(value, spread / jnp.sqrt(p), m)
+
+
 def principal_angles(u1, u2) -> Rotation:
     """Principal angles between span(u1) and span(u2), both (n, r) with orthonormal columns."""
     u1, u2 = jnp.asarray(u1), jnp.asarray(u2)
@@ -136,9 +188,7 @@ def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotati
     r defaults to the effective rank exp H of `kernel1`, rounded (a host value: pass `rank`
     explicitly to use this under `jit`).
     """
-    k1, k2 = jnp.asarray(kernel1), jnp.asarray(kernel2)
-    if k1.ndim != 2 or k1.shape != k2.shape or k1.shape[0] != k1.shape[1]:
-        raise bad_value("kernel2", describe(k2), f"a square kernel of the same shape as kernel1, {k1.shape}")
+    k1, k2 = _same_square(kernel1, kernel2)
     lam1, vec1 = jnp.linalg.eigh(k1)
     _, vec2 = jnp.linalg.eigh(k2)
     if rank is None:
@@ -148,6 +198,16 @@ def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotati
         rank = max(1, round(float(jnp.exp(entropy))))
     r = check_positive_int("rank", rank)
     return principal_angles(vec1[:, ::-1][:, :r], vec2[:, ::-1][:, :r])
+
+
+def _same_square(kernel1, kernel2) -> tuple[jax.Array, jax.Array]:
+    k1, k2 = jnp.asarray(kernel1), jnp.asarray(kernel2)
+    if k1.ndim != 2 or k1.shape[0] != k1.shape[1]:
+        raise bad_value("kernel1", describe(kernel1), "a square kernel (n, n)")
+    if k1.shape != k2.shape:
+        expected = f"a square kernel of the same shape as kernel1, {k1.shape}"
+        raise bad_value("kernel2", describe(kernel2), expected)
+    return k1, k2
 
 
 def _targets(targets, n: int, dtype) -> jax.Array:
