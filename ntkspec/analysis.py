@@ -5,6 +5,8 @@ Per run (records r = 0 .. n-1 of one training run):
 * the minimum test loss and the record r* where it is reached;
 * T0 = tr K at the first record (initialisation) and the trace ratio (T(r*) - T0) / T0;
 * effective rank and cosine effective rank at r*;
+* the alignment A(K0, K*) of the NTK at r* with the one at initialisation (1 - A: how far the kernel
+  moved; NaN for stores recorded before it was);
 * the adaptation rate dT / d ln L_train at r*: T and ln L_train are smoothed by a centred running
   mean over `window` records (by default a tenth of the run's records), then differentiated,
   dT/dlnL = (dT/dt) / (dlnL/dt) with `np.gradient`.
@@ -48,6 +50,7 @@ QUANTITIES: dict[str, str] = {
     "effective_rank_at_min": "eff. rank",
     "cosine_effective_rank_at_min": "cos. eff. rank",
     "adaptation_rate_at_min": "dT/dlnL",
+    "init_alignment_at_min": "A(K0, K*)",
 }
 
 #: Quantities fitted with a power law against width (or data size).
@@ -59,6 +62,7 @@ FITTED = (
     "trace_ratio",
 )
 _REQUIRED = ("epoch", "train_loss", "test_loss", "trace", "effective_rank")
+_OPTIONAL = ("cosine_effective_rank", "test_accuracy", "init_alignment")
 #: The run attribute each kind of sweep varies.
 _KINDS = {"width": "width", "data_size": "n_train", "noise": "noise_fraction"}
 #: Symbols of the swept quantities, for labels.
@@ -147,6 +151,7 @@ class RunSummary:
     effective_rank_at_min: float
     cosine_effective_rank_at_min: float
     adaptation_rate_at_min: float
+    init_alignment_at_min: float
 
     def as_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
@@ -159,7 +164,8 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) 
     ----------
     records
         1-D arrays over records, all of one length: `epoch`, `train_loss`, `test_loss`, `trace`,
-        `effective_rank`; optionally `cosine_effective_rank` and `test_accuracy` (NaN if absent).
+        `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy` and `init_alignment`
+        (NaN if absent).
         The first record is taken to be the initialisation (T0 = trace[0]).
     window
         Records in the running mean used for the adaptation rate (default: `default_window`).
@@ -170,7 +176,7 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) 
     arrays = {
         name: np.asarray(value, dtype=np.float64)
         for name, value in records.items()
-        if name in (*_REQUIRED, "cosine_effective_rank", "test_accuracy")
+        if name in (*_REQUIRED, *_OPTIONAL)
     }
     n = arrays["epoch"].shape[0] if arrays["epoch"].ndim == 1 else -1
     shapes = {name: a.shape for name, a in arrays.items()}
@@ -197,6 +203,7 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) 
         effective_rank_at_min=float(arrays["effective_rank"][i]),
         cosine_effective_rank_at_min=float(arrays.get("cosine_effective_rank", nan)[i]),
         adaptation_rate_at_min=float(rate[i]),
+        init_alignment_at_min=float(arrays.get("init_alignment", nan)[i]),
     )
 
 

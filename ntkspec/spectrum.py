@@ -229,6 +229,13 @@ def spectra(
     )
 
 
+def choose_method(
+    op, method: str = "auto", *, budget: int | None = None, memory_budget: float = DEFAULT_MEMORY_BUDGET
+) -> str:
+    """The method, "exact" or "stochastic", that `spectrum` and `spectra` use for these arguments."""
+    return _choose(op, method, budget, None, memory_budget)[1]
+
+
 def _choose(op, method: str, budget: int | None, top_k: int | None, memory_budget: float):
     """Validate the arguments; return (operator, "exact" | "stochastic", reason, budget)."""
     if method not in METHODS:

@@ -6,7 +6,10 @@ once into its graph definition and parameters (`nnx.split`), so a step is a pure
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
 `lax.scan` would recompile for every distinct gap length). At each recording epoch the trainer
 evaluates the loss and accuracy on the training and test sets and the spectrum of the NTK on the
-held-out NTK batch, raw and cosine-normalised, and hands a `Record` to the recorder.
+held-out NTK batch, raw and cosine-normalised, and the alignment A(K₀, K) = ⟨K₀, K⟩_F / (‖K₀‖_F ‖K‖_F)
+of the NTK with the first record's K₀ (the initialisation; 1 − A is how far the kernel has moved,
+Fort et al. 2020), and hands a `Record` to the recorder. A is exact when the spectrum is (K₀ kept
+dense), otherwise matrix-free with `ALIGNMENT_MATVECS` products per kernel and its standard error.
 
 A loss that becomes NaN or Inf ends the run with status "diverged" and advice, never an exception:
 one bad width must not stop a sweep (failures are data, as in lineax's `RESULTS`).
@@ -30,11 +33,15 @@ from ntkspec import sharding
 from ntkspec._errors import bad_value
 from ntkspec._typing import Key
 from ntkspec.data import Split
-from ntkspec.operator import ntk
-from ntkspec.spectrum import spectra
+from ntkspec.estimators import DenseOperator, as_operator, kernel_alignment, kernel_alignment_stochastic
+from ntkspec.operator import NTKOperator, ntk
+from ntkspec.spectrum import choose_method, spectra
 
 OPTIMIZERS = ("adam", "sgd")
 SPACINGS = ("linear", "log")
+#: Matvecs per kernel of the matrix-free alignment with K₀ (about 0.1-1 % error on NTKs; see
+#: tests/test_estimators_alignment.py).
+ALIGNMENT_MATVECS = 100
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,6 +69,8 @@ class Record:
     cosine_effective_rank_stderr: float
     top_eigenvalues: np.ndarray
     cosine_top_eigenvalues: np.ndarray
+    init_alignment: float
+    init_alignment_stderr: float
     method: str
     spectrum_seconds: float
 
@@ -142,6 +151,15 @@ def _pad(values: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
+def _alignment_with_first(first, op, key: Key) -> tuple[float, float]:
+    """A(K₀, K) and its standard error: exact between dense kernels, else matrix-free."""
+    if isinstance(first, DenseOperator) and isinstance(op, DenseOperator):
+        result = kernel_alignment(first.dense(), op.dense())
+    else:
+        result = kernel_alignment_stochastic(first, op, key, num_matvecs=ALIGNMENT_MATVECS)
+    return float(result.value), float(result.stderr)
+
+
 def ntk_spectra(model: nnx.Module, x: jax.Array, key: Key, top_k: int, method: str, mesh: Mesh | None = None):
     """Spectra of the NTK of `model` on `x` and of its cosine normalisation D^-1/2 K D^-1/2."""
     return spectra(ntk(model, x, mesh=mesh), method=method, key=key, top_k=top_k)
@@ -190,7 +208,7 @@ def train(
             sharding.shard_batch(a, mesh) for a in (x_train, y_train, x_test, y_test)
         )
 
-    done, previous = 0, 0
+    done, previous, first = 0, 0, None
     for epoch in epochs.tolist():
         params, opt_state, finite = _steps(
             graphdef, optimizer, params, opt_state, epoch - previous, x_train, y_train
@@ -206,9 +224,13 @@ def train(
             return TrainResult("diverged", message, done, nnx.merge(graphdef, params))
         previous = epoch
         start = time.perf_counter()
-        raw, cosine = ntk_spectra(
-            nnx.merge(graphdef, params), x_ntk, jax.random.fold_in(key, epoch), top_k, method, mesh
-        )
+        op: NTKOperator | DenseOperator = ntk(nnx.merge(graphdef, params), x_ntk, mesh=mesh)
+        if choose_method(op, method) == "exact":
+            op = as_operator(op.dense())  # K formed once, for both spectra and the alignment
+        key_spectrum = jax.random.fold_in(key, epoch)
+        raw, cosine = spectra(op, method=method, key=key_spectrum, top_k=top_k)
+        first = op if first is None else first
+        alignment, alignment_stderr = _alignment_with_first(first, op, jax.random.fold_in(key_spectrum, 1))
         record = Record(
             epoch=epoch,
             train_loss=train_loss,
@@ -227,6 +249,8 @@ def train(
             cosine_effective_rank_stderr=cosine.effective_rank_stderr,
             top_eigenvalues=_pad(raw.eigenvalues, top_k),
             cosine_top_eigenvalues=_pad(cosine.eigenvalues, top_k),
+            init_alignment=alignment,
+            init_alignment_stderr=alignment_stderr,
             method=raw.method,
             spectrum_seconds=time.perf_counter() - start,
         )

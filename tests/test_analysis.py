@@ -99,9 +99,13 @@ def test_run_summary_known_values():
 
 def test_run_summary_optional_arrays_and_bad_input():
     rec = _records()
+    assert run_summary({**rec, "init_alignment": np.linspace(1.0, 0.5, 50)}).init_alignment_at_min == (
+        pytest.approx(1.0 - 0.5 * 30 / 49)
+    )
     del rec["cosine_effective_rank"], rec["test_accuracy"]
     s = run_summary(rec)
     assert math.isnan(s.cosine_effective_rank_at_min) and math.isnan(s.test_accuracy_at_min)
+    assert math.isnan(s.init_alignment_at_min)  # stores recorded before the alignment was
     with pytest.raises(ValueError, match="test_loss"):
         run_summary({k: v for k, v in rec.items() if k != "test_loss"})
     with pytest.raises(ValueError, match="shapes"):

@@ -5,6 +5,8 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ntkspec import data, models, train  # noqa: E402
+from ntkspec.estimators import kernel_alignment  # noqa: E402
+from ntkspec.operator import ntk  # noqa: E402
 
 
 def test_mlp_structure_and_init(key):
@@ -101,3 +103,27 @@ def test_top_eigenvalues_padded_when_kernel_is_small(tiny_split, key):
     )
     top = records[0].top_eigenvalues
     assert top.shape == (50,) and np.isnan(top[40:]).all() and np.isfinite(top[:40]).all()
+
+
+@pytest.mark.parametrize("method", ["exact", "stochastic"])
+def test_train_records_how_far_the_kernel_moved(tiny_split, key, method):
+    model = models.build("mlp", (64,), 10, key, width=16, depth=3)
+    records = []
+    result = train.train(
+        model,
+        tiny_split,
+        train.make_optimizer("adam", 1e-2),
+        [0, 40],
+        key,
+        top_k=3,
+        method=method,
+        recorder=records.append,
+    )
+    first, last = records
+    assert first.method == method
+    assert first.init_alignment == pytest.approx(1.0, abs=1e-6) and first.init_alignment_stderr < 1e-12
+    x = jnp.asarray(tiny_split.x_ntk)
+    expected = float(kernel_alignment(ntk(model, x).dense(), ntk(result.model, x).dense()).value)
+    # 40 rows: the matrix-free sketch spans all of them, so it is exact too.
+    assert last.init_alignment == pytest.approx(expected, rel=1e-5)
+    assert 0.0 < last.init_alignment < 0.999
