@@ -115,7 +115,8 @@ def test_training_and_spectra_match_single_device():
         )
         results[name] = records
     for a, b in zip(results["sharded"], results["single"], strict=True):
-        for field in ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank"):
+        fields = ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank", "init_alignment")
+        for field in fields:
             assert getattr(a, field) == pytest.approx(getattr(b, field), rel=RTOL), field
         _close(a.top_eigenvalues, b.top_eigenvalues)
 
