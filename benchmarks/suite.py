@@ -465,11 +465,9 @@ def section_work_precision(cfg: dict, out: Path, data_dir: Path | None) -> dict:
     _log(f"work-precision: synthetic panels done ({wp.get('meta', wp)})")
     real = {"digits": _spawn({"kind": "real-ntk", "x64": True, "dataset": "digits", **cfg["real"]})}
     _log("work-precision: digits NTKs done")
-    if cfg["mnist"] is None:
-        pass
-    elif data_dir is None or not (data_dir / "mnist").is_dir():
+    if cfg["mnist"] is not None and (data_dir is None or not (data_dir / "mnist").is_dir()):
         real["mnist"] = {"skipped": f"no mnist/ in --data-dir ({data_dir})"}
-    else:
+    elif cfg["mnist"] is not None:
         task = {"kind": "real-ntk", "x64": True, "dataset": "mnist", "data_dir": str(data_dir)}
         real["mnist"] = _spawn(task | cfg["mnist"])
         _log("work-precision: MNIST NTKs done")
