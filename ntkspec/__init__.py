@@ -10,6 +10,7 @@ from ntkspec.estimators import krylov_spectrum as krylov_spectrum
 from ntkspec.estimators import one_hot_targets as one_hot_targets
 from ntkspec.estimators import principal_angles as principal_angles
 from ntkspec.estimators import top_eigenpairs as top_eigenpairs
+from ntkspec.experiments import open_sweep as open_sweep
 from ntkspec.operator import NTKOperator as NTKOperator
 from ntkspec.operator import ntk as ntk
 from ntkspec.spectrum import Spectrum as Spectrum

@@ -1,8 +1,8 @@
-"""Command line: `ntkspec sweep`, `ntkspec spectrum`, `ntkspec analyze`, `ntkspec plot`, `ntkspec bench`.
+"""Command line: `ntkspec sweep`, `spectrum`, `analyze`, `plot`, `pack`, `bench`.
 
-A thin Typer layer: each command parses its options, turns --seed into a key at the boundary and calls
-one library function (`ntkspec.sweep.run_sweep`, `ntkspec.sweep.init_spectrum`,
-`ntkspec.analysis.analyze_store`, `ntkspec.plots.plot_store`).
+A thin Typer layer: each command parses its options and calls one library function of the experiment
+layer (`sweep.run_sweep`, `measure.init_spectrum`, `analysis.analyze_store`, `plots.plot_store`,
+`store.pack`). It owns every Rich table and progress bar: the library prints nothing.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def _user_errors(console: Console) -> Iterator[None]:
 
 
 def _default_figures(store: Path) -> Path:
-    return store.with_name(store.name.removesuffix(".zarr") + "-figures")
+    from ntkspec.experiments.store import stem
+
+    return store.with_name(stem(store) + "-figures")
 
 
 @app.command()
@@ -73,8 +75,9 @@ def sweep(
     ] = False,
 ) -> None:
     """Train every run of a sweep and record NTK spectra in a Zarr store; resumes where it stopped."""
-    from ntkspec.store import read_run
-    from ntkspec.sweep import load_config, run_sweep
+    from ntkspec.experiments.config import load_config
+    from ntkspec.experiments.store import read_run
+    from ntkspec.experiments.sweep import run_sweep
 
     console = Console(soft_wrap=True)
     with _user_errors(console):
@@ -87,12 +90,19 @@ def sweep(
             store=None if store is None else str(store),
             data_dir=None if data_dir is None else str(data_dir),
         )
-        summary = run_sweep(cfg, task=task, progress=progress, console=console, mesh=_mesh(mesh, distributed))
+        with _progress_bar(console, enabled=progress) as report:
+            summary = run_sweep(cfg, task=task, progress=report, mesh=_mesh(mesh, distributed))
     console.print(
         f"[bold]{cfg.name}[/bold]: {len(summary.done)} run(s) trained, {len(summary.skipped)} "
-        f"already finished, {len(summary.diverged)} diverged, {len(summary.failed)} failed, "
-        f"in {summary.seconds:.1f} s."
+        f"already finished, {len(summary.busy)} held by another process, {len(summary.diverged)} "
+        f"diverged, {len(summary.failed)} failed, in {summary.seconds:.1f} s."
     )
+    if summary.corrupt:
+        console.print(
+            f"  no longer read back, so trained again: {', '.join(summary.corrupt)}", highlight=False
+        )
+    if summary.busy:
+        console.print(f"  left to the process holding them: {', '.join(summary.busy)}", highlight=False)
     for name in (*summary.diverged, *summary.failed):
         attrs, _ = read_run(summary.store, name)
         console.print(f"  {name} {attrs['status']}: {attrs['message']}", highlight=False)
@@ -108,18 +118,51 @@ def sweep(
             _plot(summary.store, figures or _default_figures(summary.store), console, analysis)
 
 
-def _analyze(store: Path, out_dir: Path | None, console: Console):
-    from ntkspec.analysis import analyze_store
+@contextlib.contextmanager
+def _progress_bar(console: Console, enabled: bool) -> Iterator:
+    """A callback for `run_sweep` drawing a Rich progress bar; the bar appears with the first run to
+    train, so a finished store shows none."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("epochs"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+    )
+    tasks: dict[str, int] = {}
+
+    def report(where) -> None:
+        if not tasks:
+            bar.start()
+        name = where.run.name
+        if name not in tasks:
+            tasks[name] = bar.add_task(f"[{where.number}/{where.total}] {name}", total=where.epochs)
+        bar.update(tasks[name], completed=where.epoch)
+
+    try:
+        yield report
+    finally:
+        if tasks:
+            bar.stop()
+
+
+def _analyze(store: Path, out_dir: Path | None, console: Console, wide: bool = False):
+    from ntkspec.experiments import report
+    from ntkspec.experiments.analysis import analyze_store
 
     analysis = analyze_store(store)
-    console.print(analysis)
+    console.print(report.rich(analysis, width=console.width, wide=wide))
     for path in analysis.write(out_dir):
         console.print(f"Analysis: {path.resolve()}")
     return analysis
 
 
 def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
-    from ntkspec.plots import plot_store
+    from ntkspec.experiments.plots import plot_store
 
     paths = plot_store(store, out_dir, analysis=analysis)
     console.print(f"Figures ({len(paths)}) in {Path(out_dir).resolve()}:")
@@ -127,6 +170,7 @@ def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
         console.print(f"  {path}")
 
 
+STORE_HELP = "Sweep store: a .zarr folder or a packed .zarr.zip."
 MESH_HELP = "Device mesh, e.g. data=4,model=2 ('all': every device on data)."
 
 
@@ -157,20 +201,17 @@ def spectrum(
     mesh: Annotated[str | None, typer.Option(help=MESH_HELP)] = None,
 ) -> None:
     """Spectrum of the NTK of one freshly initialised model on a held-out batch."""
-    from ntkspec.sweep import init_spectrum
+    from ntkspec.experiments.config import SweepConfig
+    from ntkspec.experiments.measure import init_spectrum
 
     with _user_errors(Console(soft_wrap=True)):
+        settings = {"depth": depth, "n_ntk": n_ntk, "dataset": dataset, "model": model, "method": method}
+        settings.update(
+            {"top_k": top_k, "widths": [width], "data_dir": None if data_dir is None else str(data_dir)}
+        )
+        kind = {"kind": "data_size", "data_sizes": [1]} if model == "cnn" else {}
         raw, cosine = init_spectrum(
-            width=width,
-            depth=depth,
-            n_ntk=n_ntk,
-            dataset=dataset,
-            model=model,
-            method=method,
-            seed=seed,
-            top_k=top_k,
-            data_dir=None if data_dir is None else str(data_dir),
-            mesh=_mesh(mesh, False),
+            SweepConfig.from_dict({**settings, **kind}), width, seed, _mesh(mesh, False)
         )
     what = "the CNN" if model == "cnn" else f"a {depth}-layer MLP of width {width}"
     table = Table(title=f"NTK at initialisation of {what} on {n_ntk} {dataset} samples")
@@ -201,30 +242,45 @@ def spectrum(
 
 @app.command()
 def analyze(
-    store: Annotated[
-        Path, typer.Argument(help="Sweep store (a .zarr folder).", exists=True, file_okay=False)
-    ],
+    store: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
     out_dir: Annotated[
         Path | None, typer.Option(help="Folder for the CSV/JSON tables (default: the store's).")
     ] = None,
+    wide: Annotated[bool, typer.Option(help="One table with every column, however wide.")] = False,
 ) -> None:
     """Derived quantities and power-law fits of a sweep store (table also written as CSV and JSON)."""
     console = Console(soft_wrap=True)
     with _user_errors(console):
-        _analyze(store, out_dir, console)
+        _analyze(store, out_dir, console, wide)
 
 
 @app.command()
 def plot(
-    store: Annotated[
-        Path, typer.Argument(help="Sweep store (a .zarr folder).", exists=True, file_okay=False)
-    ],
+    store: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
     out_dir: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
 ) -> None:
     """Figures of a sweep store."""
     console = Console(soft_wrap=True)
     with _user_errors(console):
         _plot(store, out_dir or _default_figures(store), console)
+
+
+@app.command()
+def pack(
+    store: Annotated[Path, typer.Argument(help="Sweep store folder.", exists=True, file_okay=False)],
+    remove: Annotated[bool, typer.Option(help="Delete the folder once the Zip file is written.")] = False,
+) -> None:
+    """Pack a finished store into one `.zarr.zip` file (for version control); it reads as the folder."""
+    import shutil
+
+    from ntkspec.experiments.store import pack as pack_store
+
+    console = Console(soft_wrap=True)
+    with _user_errors(console):
+        path = pack_store(store)
+    if remove:
+        shutil.rmtree(store)
+    console.print(f"Packed: {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
 @app.command()

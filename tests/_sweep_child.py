@@ -2,9 +2,10 @@
 
 import sys
 
-from ntkspec.sweep import load_config, run_sweep
+from ntkspec.experiments.config import load_config
+from ntkspec.experiments.sweep import run_sweep
 
 config = load_config(sys.argv[1], store=sys.argv[2])
 print("start", flush=True)
-run_sweep(config, task=sys.argv[3], progress=False)
+run_sweep(config, task=sys.argv[3])
 print("done", flush=True)

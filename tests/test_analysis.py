@@ -9,16 +9,9 @@ import zarr
 from _synthetic import write_sweep
 from rich.console import Console
 
-from ntkspec.analysis import (
-    adaptation_rate,
-    analyze_store,
-    ensemble,
-    fit_breakpoint,
-    fit_power_law,
-    read_store,
-    run_summary,
-    running_mean,
-)
+from ntkspec.experiments.analysis import analyze_store, read_store
+from ntkspec.experiments.fits import ensemble, fit_breakpoint, fit_power_law
+from ntkspec.experiments.summaries import adaptation_rate, run_summary, running_mean
 
 WIDTHS = np.array([16, 32, 64, 128, 256, 512, 1024, 2048, 4096], dtype=float)
 

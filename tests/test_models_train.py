@@ -4,7 +4,9 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
-from ntkspec import data, models, train  # noqa: E402
+from ntkspec import data, models  # noqa: E402
+from ntkspec.experiments import train  # noqa: E402
+from ntkspec.experiments.measure import Measure  # noqa: E402
 from ntkspec.estimators import kernel_alignment  # noqa: E402
 from ntkspec.operator import ntk  # noqa: E402
 
@@ -61,8 +63,7 @@ def test_train_records_and_learns(tiny_split, key):
         tiny_split,
         train.make_optimizer("adam", 1e-2),
         [0, 5, 40],
-        key,
-        top_k=3,
+        Measure(tiny_split.x_ntk, key, top_k=3),
         recorder=records.append,
     )
     assert result.status == "complete" and result.n_records == 3
@@ -86,8 +87,7 @@ def test_divergence_is_a_status_not_an_exception(tiny_split, key):
         tiny_split,
         train.make_optimizer("sgd", 1e30),
         [0, 10, 20],
-        key,
-        top_k=3,
+        Measure(tiny_split.x_ntk, key, top_k=3),
         recorder=records.append,
     )
     assert result.status == "diverged"
@@ -99,7 +99,12 @@ def test_top_eigenvalues_padded_when_kernel_is_small(tiny_split, key):
     model = models.build("mlp", (64,), 10, key, width=8, depth=3)
     records = []
     train.train(
-        model, tiny_split, train.make_optimizer("adam", 1e-3), [0], key, top_k=50, recorder=records.append
+        model,
+        tiny_split,
+        train.make_optimizer("adam", 1e-3),
+        [0],
+        Measure(tiny_split.x_ntk, key, top_k=50),
+        recorder=records.append,
     )
     top = records[0].top_eigenvalues
     assert top.shape == (50,) and np.isnan(top[40:]).all() and np.isfinite(top[:40]).all()
@@ -114,9 +119,7 @@ def test_train_records_how_far_the_kernel_moved(tiny_split, key, method):
         tiny_split,
         train.make_optimizer("adam", 1e-2),
         [0, 40],
-        key,
-        top_k=3,
-        method=method,
+        Measure(tiny_split.x_ntk, key, top_k=3, method=method),
         recorder=records.append,
     )
     first, last = records

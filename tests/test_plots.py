@@ -6,8 +6,8 @@ import zarr
 from _synthetic import write_sweep
 from matplotlib.figure import Figure
 
-from ntkspec.analysis import analyze_store
-from ntkspec.plots import dynamics_figure, plot_store, scaling_figure, transition_figure
+from ntkspec.experiments.analysis import analyze_store
+from ntkspec.experiments.plots import dynamics_figure, plot_store, scaling_figure, transition_figure
 
 
 def test_plot_store_writes_png_and_pdf(tmp_path):

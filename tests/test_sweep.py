@@ -11,7 +11,8 @@ import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import zarr  # noqa: E402
 
-from ntkspec import store, sweep, train  # noqa: E402
+from ntkspec.experiments import config as cfg  # noqa: E402
+from ntkspec.experiments import store, sweep, train  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHILD = Path(__file__).with_name("_sweep_child.py")
@@ -49,7 +50,7 @@ def _expected_records(config):
 def _check_complete(path, config):
     """Every run complete, with exactly the expected records, epochs strictly increasing."""
     expected = _expected_records(config)
-    names = [run.name for run in sweep.runs(config)]
+    names = [run.name for run in cfg.runs(config)]
     assert store.list_runs(path) == sorted(names)
     out = {}
     for name in names:
@@ -90,7 +91,7 @@ def _finish(process):
 
 
 def test_config_validation_names_the_field(tiny_config):
-    config = sweep.load_config(tiny_config)
+    config = cfg.load_config(tiny_config)
     assert config.widths == (8,) and config.n_test == 20 and config.lr == 0.01
     cases = {
         "widths": ({"widths": [8, -1]}, "`widths`: got [8, -1]"),
@@ -107,49 +108,49 @@ def test_config_validation_names_the_field(tiny_config):
     }
     for values, message in cases.values():
         with pytest.raises(ValueError) as info:
-            sweep.load_config(tiny_config, **values)
+            cfg.load_config(tiny_config, **values)
         assert message in str(info.value)
     with pytest.raises(ValueError, match="a TOML file or a built-in config name"):
-        sweep.load_config("no-such-config")
+        cfg.load_config("no-such-config")
 
 
 def test_builtin_configs_are_valid():
-    names = sweep.builtin_configs()
+    names = cfg.builtin_configs()
     assert {"quickstart", "mnist-shared", "cifar4-noise", "mnist-data-scaling"} <= set(names)
     for name in names:
-        config = sweep.load_config(name)
+        config = cfg.load_config(name)
         assert config.name == name or name == "mnist-shared"
-    assert sweep.load_config("mnist-depth4").widths[-1] == 65536
-    assert sweep.load_config("cifar4-noise").classes == ("bird", "cat", "airplane", "automobile")
+    assert cfg.load_config("mnist-depth4").widths[-1] == 65536
+    assert cfg.load_config("cifar4-noise").classes == ("bird", "cat", "airplane", "automobile")
     # The repository's configs/ folder is the package's.
     assert (ROOT / "configs" / "quickstart.toml").read_text() == names["quickstart"].read_text()
 
 
 def test_runs_and_task_striping(tiny_config):
-    config = sweep.load_config(tiny_config)
-    names = [run.name for run in sweep.runs(config)]
+    config = cfg.load_config(tiny_config)
+    names = [run.name for run in cfg.runs(config)]
     assert names == ["w8_s0", "w8_s1", "w8_s2", "w8_s3"]
-    config = sweep.load_config(tiny_config, widths=[4, 8], seeds=2)
-    assert [run.name for run in sweep.runs(config)] == ["w4_s0", "w4_s1", "w8_s0", "w8_s1"]
-    config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100])
-    config = sweep.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100], seeds=2)
-    assert [run.name for run in sweep.runs(config)] == ["n10_s0", "n10_s1", "n100_s0", "n100_s1"]
-    config = sweep.load_config(
+    config = cfg.load_config(tiny_config, widths=[4, 8], seeds=2)
+    assert [run.name for run in cfg.runs(config)] == ["w4_s0", "w4_s1", "w8_s0", "w8_s1"]
+    config = cfg.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100])
+    config = cfg.load_config(tiny_config, kind="data_size", widths=[8], data_sizes=[10, 100], seeds=2)
+    assert [run.name for run in cfg.runs(config)] == ["n10_s0", "n10_s1", "n100_s0", "n100_s1"]
+    config = cfg.load_config(
         tiny_config, kind="noise", model="cnn", noise_fractions=[0.0, 0.25], seeds=1, classes=["0", "7"]
     )
-    runs = sweep.runs(config)
+    runs = cfg.runs(config)
     assert [run.name for run in runs] == ["p0_s0", "p25_s0"] and runs[1].noise_fraction == 0.25
-    assert sweep.parse_task("3/16") == (3, 16)
+    assert cfg.parse_task("3/16") == (3, 16)
     with pytest.raises(ValueError, match="`task`"):
-        sweep.parse_task("16/16")
+        cfg.parse_task("16/16")
 
 
 def test_sweep_writes_store_xarray_reads_it_and_rerun_skips(tiny_config, tmp_path):
     xr = pytest.importorskip("xarray")
-    config = sweep.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "s.zarr"))
-    first = sweep.run_sweep(config, task="1/2", progress=False)
+    config = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "s.zarr"))
+    first = sweep.run_sweep(config, task="1/2")
     assert first.done == ("w8_s0",) and not first.complete
-    summary = sweep.run_sweep(config, progress=False)
+    summary = sweep.run_sweep(config)
     assert summary.done == ("w4_s0",) and summary.skipped == ("w8_s0",) and summary.complete
     runs = _check_complete(config.store_path, config)
     root = zarr.open_group(str(config.store_path), mode="r")
@@ -165,25 +166,25 @@ def test_sweep_writes_store_xarray_reads_it_and_rerun_skips(tiny_config, tmp_pat
     assert runs["w8_s0"]["train_loss"][-1] < runs["w8_s0"]["train_loss"][0]
 
     # A store made by another config is refused, naming what differs.
-    other = sweep.load_config(tiny_config, widths=[4, 8], seeds=1, lr=0.1, store=config.store)
+    other = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, lr=0.1, store=config.store)
     with pytest.raises(ValueError, match="lr: 0.01 there, 0.1 now"):
-        sweep.run_sweep(other, progress=False)
+        sweep.run_sweep(other)
 
 
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
-    config = sweep.load_config(tiny_config, seeds=2, optimizer="sgd", lr=1e30, store=str(tmp_path / "d.zarr"))
-    summary = sweep.run_sweep(config, progress=False)
+    config = cfg.load_config(tiny_config, seeds=2, optimizer="sgd", lr=1e30, store=str(tmp_path / "d.zarr"))
+    summary = sweep.run_sweep(config)
     assert summary.diverged == ("w8_s0", "w8_s1") and summary.done == ("w8_s0", "w8_s1")
     for name in summary.diverged:
         attrs, arrays = store.read_run(config.store_path, name)
         assert attrs["status"] == "diverged"
         assert "lower learning rate" in attrs["message"] and "lr 1e+30" in attrs["message"]
         assert attrs["n_records"] == arrays["epoch"].size >= 1
-    assert sweep.run_sweep(config, progress=False).skipped == ("w8_s0", "w8_s1")
+    assert sweep.run_sweep(config).skipped == ("w8_s0", "w8_s1")
 
 
 def test_runtime_failure_is_recorded_and_retried(tiny_config, tmp_path, monkeypatch):
-    config = sweep.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "f.zarr"))
+    config = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "f.zarr"))
     real_train = sweep.train
 
     def out_of_memory_at_width_4(model, *args, **kwargs):
@@ -192,12 +193,12 @@ def test_runtime_failure_is_recorded_and_retried(tiny_config, tmp_path, monkeypa
         return real_train(model, *args, **kwargs)
 
     monkeypatch.setattr(sweep, "train", out_of_memory_at_width_4)
-    summary = sweep.run_sweep(config, progress=False)
+    summary = sweep.run_sweep(config)
     assert summary.failed == ("w4_s0",) and summary.done == ("w8_s0",) and not summary.complete
     attrs, _ = store.read_run(config.store_path, "w4_s0")
     assert attrs["status"] == "failed" and "RuntimeError: RESOURCE_EXHAUSTED" in attrs["message"]
     monkeypatch.setattr(sweep, "train", real_train)
-    retried = sweep.run_sweep(config, progress=False)
+    retried = sweep.run_sweep(config)
     assert retried.done == ("w4_s0",) and retried.skipped == ("w8_s0",) and retried.complete
 
 
@@ -217,7 +218,7 @@ def two_task_store(tmp_path_factory):
 
 def test_two_processes_on_disjoint_tasks(two_task_store):
     config_path, path, _ = two_task_store
-    config = sweep.load_config(config_path, store=str(path))
+    config = cfg.load_config(config_path, store=str(path))
     _check_complete(path, config)
 
 
@@ -232,9 +233,9 @@ def _records_written(path):
 
 def test_resume_after_sigkill(two_task_store, tmp_path):
     config_path, reference, cache = two_task_store
-    config = sweep.load_config(config_path, store=str(tmp_path / "killed.zarr"))
+    config = cfg.load_config(config_path, store=str(tmp_path / "killed.zarr"))
     path = config.store_path
-    total = len(sweep.runs(config)) * _expected_records(config)
+    total = len(cfg.runs(config)) * _expected_records(config)
     rng = random.Random(4)
     # Kill at random points: once a random number of records is on disk, after a random delay.
     targets = sorted(rng.sample(range(2, total), 2))

@@ -1,23 +1,16 @@
-"""Sweeps: a TOML config becomes a list of runs, each trained with its NTK spectra written to a store.
+"""Sweep configs: TOML -> validated `SweepConfig` -> runs, and every PRNG key derived from a run.
 
-Kinds of sweep (`SweepConfig.kind`):
-
-* "width": width x seed, runs `w{width}_s{seed}` (the model-scaling transition);
-* "data_size": training-set size x seed, runs `n{size}_s{seed}` (data scaling; for one seed the
-  training sets are nested and the NTK batch and test set are shared, see `ntkspec.data.split`);
-* "noise": noisy-copy fraction x seed, runs `p{percent}_s{seed}` (the CIFAR-4 experiment).
-
-A seed fixes the data draw, the initialisation and the estimators' probes; within a seed only the swept
-quantity changes. `run_sweep(config, task=(i, n))` runs the runs whose index is i modulo n, so n
-processes can share one store; runs already complete (or diverged) are skipped, so rerunning after a
-crash resumes (runs left "running" by a killed process, or "failed", start again from epoch 0).
+A config names what a sweep varies (its `kind`, see `records.KINDS`), the data, the model, the optimiser
+and the recording schedule. `load_config` reads a TOML file or a shipped config (`ntkspec/configs/`) with
+overrides; `SweepConfig.from_dict` checks every field once, naming a bad one, what came and what is
+allowed. `runs(config)` lists the runs; `Run.keys()` derives the data, initialisation and probe keys
+from the run's seed, here and nowhere else. `parse_task` reads the "i/n" of a job array.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import time
 import tomllib
 import types
 import typing
@@ -26,32 +19,16 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
-from ntkspec import data, models, store
+from ntkspec import data, models
 from ntkspec._errors import bad_value
-from ntkspec.train import (
-    OPTIMIZERS,
-    SPACINGS,
-    Record,
-    make_optimizer,
-    ntk_spectra,
-    record_epochs,
-    train,
-)
+from ntkspec._typing import Key
+from ntkspec.experiments.records import KINDS, RUN_FIELDS
+from ntkspec.spectrum import METHODS
 
-KINDS = ("width", "data_size", "noise")
+OPTIMIZERS = ("adam", "sgd")
+SPACINGS = ("linear", "log")
 DTYPES = ("float32", "float64")
-SPECTRUM_METHODS = ("auto", "exact", "stochastic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,12 +99,12 @@ class SweepConfig:
 
     def _check(self) -> None:
         choices = {
-            "kind": KINDS,
+            "kind": tuple(KINDS),
             "dataset": data.DATASETS,
             "model": models.MODELS,
             "optimizer": OPTIMIZERS,
             "spacing": SPACINGS,
-            "method": SPECTRUM_METHODS,
+            "method": METHODS,
             "dtype": DTYPES,
         }
         for name, allowed in choices.items():
@@ -165,9 +142,9 @@ class SweepConfig:
         fractions = self.noise_fractions
         if self.kind == "noise" and (not fractions or not all(0 <= f < 1 for f in fractions)):
             raise bad_value("noise_fractions", list(fractions), "a non-empty list in [0, 1)")
-        swept = {"width": self.widths, "data_size": self.data_sizes, "noise": fractions}[self.kind]
+        swept = self.swept
         if len(set(swept)) != len(swept):
-            raise bad_value(_SWEPT_FIELD[self.kind], list(swept), "distinct values")
+            raise bad_value(KINDS[self.kind].field, list(swept), "distinct values")
         if self.classes is not None:
             known = data.CLASS_NAMES[self.dataset]
             if len(set(self.classes)) < 2 or not set(self.classes) <= set(known):
@@ -191,11 +168,13 @@ class SweepConfig:
         return out
 
     @property
+    def swept(self) -> tuple:
+        """The swept values: widths, data sizes or noise fractions, by `kind`."""
+        return getattr(self, KINDS[self.kind].field)
+
+    @property
     def store_path(self) -> Path:
         return Path(self.store) if self.store else Path("runs") / f"{self.name}.zarr"
-
-
-_SWEPT_FIELD = {"width": "widths", "data_size": "data_sizes", "noise": "noise_fractions"}
 
 
 def _coerce(name: str, hint: object, value: object) -> object:
@@ -252,7 +231,7 @@ def load_config(source: str | Path | None = None, **overrides) -> SweepConfig:
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One run of a sweep: its store name and what it trains."""
+    """One run of a sweep: its store name, what it trains, and its attributes in the store."""
 
     index: int
     name: str
@@ -261,21 +240,51 @@ class Run:
     n_train: int
     noise_fraction: float
 
+    def keys(self) -> tuple[Key, Key, Key]:
+        """(data draw, initialisation, spectrum probes): every PRNG key of a run, from its seed.
+
+        Only the swept quantity changes between the runs of one seed: the same draw of samples (nested
+        training sets for data-size sweeps), the same initialisation key, the same probes.
+        """
+        return run_keys(self.seed)
+
+    def attrs(self, config: SweepConfig) -> dict:
+        """The run's attributes (`records.RUN_FIELDS`), as stored beside its records."""
+        values = {
+            "kind": config.kind,
+            "width": self.width,
+            "depth": config.depth,
+            "model": config.model,
+            "seed": self.seed,
+            "dataset": config.dataset,
+            "classes": list(config.classes) if config.classes else None,
+            "n_train": self.n_train,
+            "n_ntk": config.n_ntk,
+            "noise_fraction": self.noise_fraction,
+            "lr": config.lr,
+        }
+        return {name: values[name] for name in RUN_FIELDS}
+
+
+def run_keys(seed: int) -> tuple[Key, Key, Key]:
+    """(data draw, initialisation, spectrum probes) of the runs with this seed."""
+    k_data, k_model, k_spectrum = jax.random.split(jax.random.key(seed), 3)
+    return k_data, k_model, k_spectrum
+
 
 def runs(config: SweepConfig) -> list[Run]:
     """All runs of the sweep, swept value major, seed minor (so `task` striping mixes costs)."""
     out = []
-    values = {"width": config.widths, "data_size": config.data_sizes}.get(config.kind, config.noise_fractions)
-    for value in values:
+    swept = KINDS[config.kind]
+    for value in config.swept:
         for seed in range(config.seeds):
-            width, n_train, fraction = config.widths[0], config.n_train, config.noise_fraction
-            if config.kind == "width":
-                width, label = value, f"w{value}"
-            elif config.kind == "data_size":
-                n_train, label = value, f"n{value}"
-            else:
-                fraction, label = value, f"p{round(100 * value):g}"
-            out.append(Run(len(out), f"{label}_s{seed}", seed, width, n_train, fraction))
+            run = {
+                "width": config.widths[0],
+                "n_train": config.n_train,
+                "noise_fraction": config.noise_fraction,
+            }
+            run[swept.attribute] = value
+            out.append(Run(len(out), swept.run_name(value, seed), seed, **run))
     return out
 
 
@@ -292,189 +301,30 @@ def parse_task(task: str | tuple[int, int]) -> tuple[int, int]:
     return i, n
 
 
-@dataclasses.dataclass(frozen=True)
-class SweepSummary:
-    """What `run_sweep` did with the runs of its task.
-
-    done: trained now (complete or diverged); skipped: finished before; diverged: of those done, the
-    ones whose loss became non-finite; failed: runs that raised a runtime error (retried next time).
-    """
-
-    store: Path
-    done: tuple[str, ...]
-    skipped: tuple[str, ...]
-    diverged: tuple[str, ...]
-    failed: tuple[str, ...]
-    seconds: float
-    complete: bool  # every run of the whole sweep (all tasks) has finished
-
-
-def _run_attrs(config: SweepConfig, run: Run) -> dict:
-    return {
-        "kind": config.kind,
-        "width": run.width,
-        "depth": config.depth,
-        "model": config.model,
-        "seed": run.seed,
-        "dataset": config.dataset,
-        "classes": list(config.classes) if config.classes else None,
-        "n_train": run.n_train,
-        "n_ntk": config.n_ntk,
-        "noise_fraction": run.noise_fraction,
-    }
-
-
-def run_sweep(
-    config: SweepConfig,
-    *,
-    task: str | tuple[int, int] = (0, 1),
-    progress: bool = True,
-    console: Console | None = None,
-    mesh: Mesh | None = None,
-) -> SweepSummary:
-    """Run the runs of `config` that belong to `task` ("i/n": index i modulo n) and are not finished.
-
-    Each run: data split and model from its seed, full-batch training, a record per recording epoch
-    appended to the store, then its final status: "complete", "diverged" (with advice) or "failed"
-    (a runtime error such as running out of memory; the sweep goes on, and a rerun retries the run).
-    With a `mesh` (`ntkspec.sharding.make_mesh`), training and spectra run sharded across its devices.
-    Bad input raises. A Rich progress bar shows the current run, epoch and the time remaining.
-    """
-    start = time.perf_counter()
-    index, count = parse_task(task)
-    if config.dtype == "float64" and not jax.config.jax_enable_x64:
-        raise bad_value(
-            "dtype", "'float64' with JAX's 64-bit mode off", "'float32'", "Or set JAX_ENABLE_X64=1."
-        )
-    root = store.open_store(config.store_path, config.to_dict())
-    mine = [run for run in runs(config) if run.index % count == index]
-    finished = {run.name for run in mine if store.run_status(root, run.name) in store.FINISHED}
-    todo = [run for run in mine if run.name not in finished]
-    dataset = data.load(config.dataset, config.data_dir) if todo else None
-    optimizer = make_optimizer(config.optimizer, config.lr, b1=config.b1, momentum=config.momentum)
-    epochs = record_epochs(config.epochs, config.n_records, config.spacing)
-    dtype = jnp.dtype(config.dtype)
-    done, diverged, failed = [], [], []
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("epochs"),
-        TimeElapsedColumn(),
-        TextColumn("ETA"),
-        TimeRemainingColumn(),
-    )
-    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
-        bar_task = bar.add_task(config.name, total=len(todo) * config.epochs)
-        for number, run in enumerate(todo, 1):
-            label = f"[{number}/{len(todo)}] {run.name}: width {run.width} seed {run.seed}"
-            base = (number - 1) * config.epochs
-            bar.update(bar_task, description=f"{label} epoch 0", completed=base)
-            key = jax.random.key(run.seed)
-            k_data, k_model, k_spectrum = jax.random.split(key, 3)
-            split = data.split(
-                dataset,
-                run.n_train,
-                config.n_ntk,
-                k_data,
-                n_test=config.n_test,
-                classes=config.classes,
-                noise_fraction=run.noise_fraction,
-                noise_std=config.noise_std,
-                flatten=config.model == "mlp",
-                dtype=dtype,
-            )
-            writer = store.RunWriter(root, run.name, _run_attrs(config, run), config.top_k)
-
-            def record(rec: Record, writer=writer, label=label, base=base) -> None:
-                writer.append(rec)
-                description = f"{label} epoch {rec.epoch}"
-                bar.update(bar_task, description=description, completed=base + rec.epoch)
-
-            try:
-                model = models.build(
-                    config.model,
-                    split.x_train.shape[1:],
-                    split.num_classes,
-                    k_model,
-                    width=run.width,
-                    depth=config.depth,
-                    param_dtype=dtype,
-                )
-                result = train(
-                    model,
-                    split,
-                    optimizer,
-                    epochs,
-                    k_spectrum,
-                    top_k=config.top_k,
-                    method=config.method,
-                    recorder=record,
-                    mesh=mesh,
-                )
-            except (RuntimeError, MemoryError) as error:
-                # A runtime failure of one run (e.g. out of device memory at the widest width) is data:
-                # recorded with its message, the sweep goes on, and the next `run_sweep` retries it.
-                writer.finish("failed", f"{type(error).__name__}: {error} (rerun the sweep to retry)")
-                failed.append(run.name)
-                continue
-            message = result.message
-            if result.status == "diverged":
-                message += f" (optimizer {config.optimizer}, lr {config.lr:g})"
-                diverged.append(run.name)
-            writer.finish(result.status, message)
-            done.append(run.name)
-        bar.update(bar_task, completed=len(todo) * config.epochs)
-    complete = all(store.run_status(root, run.name) in store.FINISHED for run in runs(config))
-    return SweepSummary(
-        store=config.store_path,
-        done=tuple(done),
-        skipped=tuple(run.name for run in mine if run.name in finished),
-        diverged=tuple(diverged),
-        failed=tuple(failed),
-        seconds=time.perf_counter() - start,
-        complete=complete,
+def run_split(config: SweepConfig, run: Run, dataset: data.Dataset) -> data.Split:
+    """The run's training set, NTK batch and test set, drawn from its data key."""
+    return data.split(
+        dataset,
+        run.n_train,
+        config.n_ntk,
+        run.keys()[0],
+        n_test=config.n_test,
+        classes=config.classes,
+        noise_fraction=run.noise_fraction,
+        noise_std=config.noise_std,
+        flatten=config.model == "mlp",
+        dtype=np.dtype(config.dtype),
     )
 
 
-def init_spectrum(
-    *,
-    width: int,
-    depth: int,
-    n_ntk: int,
-    dataset: str = "digits",
-    model: str = "mlp",
-    method: str = "auto",
-    seed: int = 0,
-    top_k: int = 10,
-    data_dir: str | None = None,
-    dtype: str = "float32",
-    mesh: Mesh | None = None,
-):
-    """Spectra (raw, cosine) of the NTK at initialisation of one model on `n_ntk` held-out samples.
-
-    The same draw as a sweep's run with this seed: same NTK batch, same initialisation.
-    """
-    if method not in SPECTRUM_METHODS:
-        raise bad_value("method", repr(method), f"one of {SPECTRUM_METHODS}")
-    k_data, k_model, k_spectrum = jax.random.split(jax.random.key(seed), 3)
-    split = data.split(
-        data.load(dataset, data_dir),
-        1,
-        n_ntk,
-        k_data,
-        n_test=1,
-        flatten=model == "mlp",
-        dtype=np.dtype(dtype),
-    )
-    net = models.build(
-        model,
-        split.x_ntk.shape[1:],
+def run_model(config: SweepConfig, run: Run, split: data.Split):
+    """The run's freshly initialised network (`ntkspec.models.build`), from its initialisation key."""
+    return models.build(
+        config.model,
+        split.x_train.shape[1:],
         split.num_classes,
-        k_model,
-        width=width,
-        depth=depth,
-        param_dtype=jnp.dtype(dtype),
+        run.keys()[1],
+        width=run.width,
+        depth=config.depth,
+        param_dtype=jnp.dtype(config.dtype),
     )
-    # Epoch 0 of a sweep's run folds the same key the same way.
-    return ntk_spectra(net, jnp.asarray(split.x_ntk), jax.random.fold_in(k_spectrum, 0), top_k, method, mesh)

@@ -1,15 +1,12 @@
-"""Full-batch training with NTK spectra recorded along the way.
+"""Full-batch training, with a measurement at each recording epoch.
 
 Between two recording epochs the optimiser steps run inside one compiled loop: the model is split
 once into its graph definition and parameters (`nnx.split`), so a step is a pure function
 (params, opt_state) -> (params, opt_state) that `jax.lax.fori_loop` repeats. The trip count is a
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
 `lax.scan` would recompile for every distinct gap length). At each recording epoch the trainer
-evaluates the loss and accuracy on the training and test sets and the spectrum of the NTK on the
-held-out NTK batch, raw and cosine-normalised, and the alignment A(K₀, K) = ⟨K₀, K⟩_F / (‖K₀‖_F ‖K‖_F)
-of the NTK with the first record's K₀ (the initialisation; 1 − A is how far the kernel has moved,
-Fort et al. 2020), and hands a `Record` to the recorder. A is exact when the spectrum is (K₀ kept
-dense), otherwise matrix-free with `ALIGNMENT_MATVECS` products per kernel and its standard error.
+evaluates the loss and accuracy on the training and test sets and hands them, with the network, to
+the `measure` callback (`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
 
 A loss that becomes NaN or Inf ends the run with status "diverged" and advice, never an exception:
 one bad width must not stop a sweep (failures are data, as in lineax's `RESULTS`).
@@ -19,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -31,48 +27,9 @@ from jax.sharding import Mesh
 
 from ntkspec import sharding
 from ntkspec._errors import bad_value
-from ntkspec._typing import Key
 from ntkspec.data import Split
-from ntkspec.estimators import DenseOperator, as_operator, kernel_alignment, kernel_alignment_stochastic
-from ntkspec.operator import NTKOperator, ntk
-from ntkspec.spectrum import choose_method, spectra
-
-OPTIMIZERS = ("adam", "sgd")
-SPACINGS = ("linear", "log")
-#: Matvecs per kernel of the matrix-free alignment with K₀ (about 0.1-1 % error on NTKs; see
-#: tests/test_estimators_alignment.py).
-ALIGNMENT_MATVECS = 100
-
-
-@dataclasses.dataclass(frozen=True)
-class Record:
-    """What is measured at one recording epoch (host values).
-
-    `top_eigenvalues` has exactly `top_k` entries, NaN-padded when the kernel has fewer eigenvalues.
-    `method` is the spectrum method used for the raw kernel ("exact" or "stochastic").
-    """
-
-    epoch: int
-    train_loss: float
-    test_loss: float
-    train_accuracy: float
-    test_accuracy: float
-    trace: float
-    trace_stderr: float
-    entropy: float
-    entropy_stderr: float
-    effective_rank: float
-    effective_rank_stderr: float
-    cosine_entropy: float
-    cosine_entropy_stderr: float
-    cosine_effective_rank: float
-    cosine_effective_rank_stderr: float
-    top_eigenvalues: np.ndarray
-    cosine_top_eigenvalues: np.ndarray
-    init_alignment: float
-    init_alignment_stderr: float
-    method: str
-    spectrum_seconds: float
+from ntkspec.experiments.config import OPTIMIZERS, SPACINGS
+from ntkspec.experiments.records import Record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,45 +101,17 @@ def _steps(graphdef, optimizer, params, opt_state, n_steps, x, y):
     return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, jnp.array(True)))
 
 
-def _pad(values: np.ndarray, k: int) -> np.ndarray:
-    out = np.full(k, np.nan)
-    values = np.asarray(values, dtype=np.float64)[:k]
-    out[: values.size] = values
-    return out
-
-
-# One compiled program per operator structure (the operators are pytree arguments): faster than
-# eager dispatch, and on a mesh its collectives run inside one program.
-_alignment_stochastic = jax.jit(kernel_alignment_stochastic, static_argnames=("num_matvecs", "n", "dtype"))
-
-
-def _alignment_with_first(first, op, key: Key) -> tuple[float, float]:
-    """A(K₀, K) and its standard error: exact between dense kernels, else matrix-free."""
-    if isinstance(first, DenseOperator) and isinstance(op, DenseOperator):
-        result = kernel_alignment(first.dense(), op.dense())
-    else:
-        result = _alignment_stochastic(first, op, key, num_matvecs=ALIGNMENT_MATVECS)
-    return float(result.value), float(result.stderr)
-
-
-def ntk_spectra(model: nnx.Module, x: jax.Array, key: Key, top_k: int, method: str, mesh: Mesh | None = None):
-    """Spectra of the NTK of `model` on `x` and of its cosine normalisation D^-1/2 K D^-1/2."""
-    return spectra(ntk(model, x, mesh=mesh), method=method, key=key, top_k=top_k)
-
-
 def train(
     model: nnx.Module,
     split: Split,
     optimizer: optax.GradientTransformation,
     epochs: Sequence[int],
-    key: Key,
+    measure: Callable[[nnx.Module, int, dict[str, float]], Record],
     *,
-    top_k: int = 10,
-    method: str = "auto",
     recorder: Callable[[Record], None] | None = None,
     mesh: Mesh | None = None,
 ) -> TrainResult:
-    """Train `model` full-batch on `split` with softmax cross-entropy, recording at `epochs`.
+    """Train `model` full-batch on `split` with softmax cross-entropy, measuring at `epochs`.
 
     Parameters
     ----------
@@ -192,9 +121,8 @@ def train(
         of one architecture to reuse the compiled training loop.
     epochs : increasing recording epochs (see `record_epochs`); the last one is the training length.
         One epoch is one full-batch step.
-    key : PRNG key for the stochastic spectrum estimators (folded with the epoch at each record).
-    top_k : top eigenvalues kept per record.
-    method : spectrum method, passed to `ntkspec.spectrum.spectra`.
+    measure : called at each recording epoch with the network, the epoch and its losses and
+        accuracies; returns the `Record` (`ntkspec.experiments.measure.Measure`).
     recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
     mesh : a ("data", "model") mesh (`ntkspec.sharding.make_mesh`): parameters and optimizer states
         split on "model", samples on "data"; the numbers equal the single-device ones.
@@ -206,14 +134,13 @@ def train(
     opt_state = optimizer.init(params)
     x_train, y_train = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
-    x_ntk = jnp.asarray(split.x_ntk)
     if mesh is not None:
         params, opt_state = sharding.shard_params((params, opt_state), mesh)
         x_train, y_train, x_test, y_test = (
             sharding.shard_batch(a, mesh) for a in (x_train, y_train, x_test, y_test)
         )
 
-    done, previous, first = 0, 0, None
+    done, previous = 0, 0
     for epoch in epochs.tolist():
         params, opt_state, finite = _steps(
             graphdef, optimizer, params, opt_state, epoch - previous, x_train, y_train
@@ -228,37 +155,13 @@ def train(
             )
             return TrainResult("diverged", message, done, nnx.merge(graphdef, params))
         previous = epoch
-        start = time.perf_counter()
-        op: NTKOperator | DenseOperator = ntk(nnx.merge(graphdef, params), x_ntk, mesh=mesh)
-        if choose_method(op, method) == "exact":
-            op = as_operator(op.dense())  # K formed once, for both spectra and the alignment
-        key_spectrum = jax.random.fold_in(key, epoch)
-        raw, cosine = spectra(op, method=method, key=key_spectrum, top_k=top_k)
-        first = op if first is None else first
-        alignment, alignment_stderr = _alignment_with_first(first, op, jax.random.fold_in(key_spectrum, 1))
-        record = Record(
-            epoch=epoch,
-            train_loss=train_loss,
-            test_loss=test_loss,
-            train_accuracy=train_accuracy,
-            test_accuracy=test_accuracy,
-            trace=raw.trace,
-            trace_stderr=raw.trace_stderr,
-            entropy=raw.entropy,
-            entropy_stderr=raw.entropy_stderr,
-            effective_rank=raw.effective_rank,
-            effective_rank_stderr=raw.effective_rank_stderr,
-            cosine_entropy=cosine.entropy,
-            cosine_entropy_stderr=cosine.entropy_stderr,
-            cosine_effective_rank=cosine.effective_rank,
-            cosine_effective_rank_stderr=cosine.effective_rank_stderr,
-            top_eigenvalues=_pad(raw.eigenvalues, top_k),
-            cosine_top_eigenvalues=_pad(cosine.eigenvalues, top_k),
-            init_alignment=alignment,
-            init_alignment_stderr=alignment_stderr,
-            method=raw.method,
-            spectrum_seconds=time.perf_counter() - start,
-        )
+        metrics = {
+            "train_loss": train_loss,
+            "test_loss": test_loss,
+            "train_accuracy": train_accuracy,
+            "test_accuracy": test_accuracy,
+        }
+        record = measure(nnx.merge(graphdef, params), epoch, metrics)
         if recorder is not None:
             recorder(record)
         done += 1

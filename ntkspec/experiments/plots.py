@@ -19,16 +19,9 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from ntkspec._errors import bad_value
-from ntkspec.analysis import (
-    LOG_KINDS,
-    SYMBOLS,
-    Analysis,
-    Breakpoint,
-    PowerLaw,
-    Run,
-    adaptation_rate,
-    analyze_store,
-)
+from ntkspec.experiments.analysis import Analysis, analyze_store
+from ntkspec.experiments.fits import Breakpoint, PowerLaw
+from ntkspec.experiments.store import stem
 
 STYLE = {
     "font.size": 8,
@@ -50,11 +43,6 @@ STYLE = {
     "pdf.fonttype": 42,
 }
 WIDTH_IN = 7.0
-_AXIS = {
-    "width": "width (hidden units per layer)",
-    "n_train": "training samples",
-    "noise_fraction": "noisy-copy fraction",
-}
 
 
 def _styled(build: Callable[..., Figure]) -> Callable[..., Figure]:
@@ -91,17 +79,17 @@ def plot_store(
         )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stem = analysis.sweep.path.name.removesuffix(".zarr")
+    name = stem(analysis.sweep.path)
     written = []
     with mpl.rc_context(STYLE):
-        for name, build in (
+        for kind, build in (
             ("dynamics", dynamics_figure),
             ("scaling", scaling_figure),
             ("transition", transition_figure),
         ):
             figure = build(analysis)
             for fmt in formats:
-                target = out / f"{stem}-{name}.{fmt}"
+                target = out / f"{name}-{kind}.{fmt}"
                 figure.savefig(target, dpi=dpi, format=fmt)
                 written.append(target)
     return written
@@ -111,15 +99,17 @@ def plot_store(
 
 
 @_styled
-def dynamics_figure(analysis: Analysis, window: int | None = None) -> Figure:
+def dynamics_figure(analysis: Analysis) -> Figure:
     """Seed-mean trace, adaptation rate and effective rank vs epoch (top) and train loss (bottom).
 
     One line per width (or data size), coloured on a sequential scale; a dot marks the mean epoch of
-    minimum test loss. The adaptation rate is smoothed over `window` records as in `run_summary`.
+    minimum test loss. The curves are the analysis's (`Analysis.dynamics`).
     """
     figure = Figure(figsize=(WIDTH_IN, 4.4), layout="constrained")
     axes = figure.subplots(2, 3, sharex="row")
-    groups, colors = _groups(analysis)
+    groups = analysis.dynamics
+    palette = _palette(len(groups))
+    colors = {value: palette(i) for i, value in enumerate(groups)}
     sign = analysis.adaptation_sign
     rate_label = ("−" if sign < 0 else "") + "dT / d ln L"
     quantities = (
@@ -127,11 +117,9 @@ def dynamics_figure(analysis: Analysis, window: int | None = None) -> Figure:
         ("rate", rate_label),
         ("effective_rank", "effective rank"),
     )
-    for value, runs in groups.items():
-        mean = _seed_mean(runs, window)
-        mean["rate"] = sign * mean["rate"]
-        min_epoch = np.mean([analysis.summaries[r.name].min_epoch for r in runs])
-        i_min = int(np.argmin(np.abs(mean["epoch"] - min_epoch)))
+    for value, curves in groups.items():
+        mean = {**curves, "rate": sign * curves["rate"]}
+        i_min = int(np.argmin(np.abs(mean["epoch"] - curves["min_epoch"])))
         loss = np.exp(mean["log_train_loss"])
         dot = {"color": colors[value], "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
         for col, (key, _) in enumerate(quantities):
@@ -174,7 +162,7 @@ def scaling_figure(analysis: Analysis) -> Figure:
         ("adaptation_rate_at_min", ("−" if sign < 0 else "") + "dT / d ln L at minimum", sign),
         ("effective_rank_at_min", "effective rank at minimum", 1.0),
     )
-    symbol = SYMBOLS[analysis.x_name]
+    symbol = analysis.sweep.swept.symbol
     for ax, (key, label, factor) in zip(axes, panels, strict=True):
         _points(ax, analysis, key, factor, "C0", "mean ± s.e.")
         _power_law(ax, analysis.fits.get(key), symbol)
@@ -185,7 +173,7 @@ def scaling_figure(analysis: Analysis) -> Figure:
         ax.set_yscale("log")
         ax.legend(loc="best")
     for ax in axes[2:]:
-        ax.set_xlabel(_AXIS[analysis.x_name])
+        ax.set_xlabel(analysis.sweep.swept.label)
     _tidy(axes)
     return figure
 
@@ -202,7 +190,7 @@ def transition_figure(analysis: Analysis) -> Figure:
     """
     figure = Figure(figsize=(WIDTH_IN, 2.7), layout="constrained")
     axes = figure.subplots(1, 2, sharex=True)
-    symbol = SYMBOLS[analysis.x_name]
+    symbol = analysis.sweep.swept.symbol
     panels = (
         ("trace_ratio", r"trace ratio $(T_{\min} - T_0) / T_0$", 1, "trace_ratio"),
         ("effective_rank_at_min", "effective rank at minimum", 0, "effective_rank_at_min"),
@@ -215,7 +203,7 @@ def transition_figure(analysis: Analysis) -> Figure:
             _breakpoint(ax, fit, index, analysis, symbol)
         ax.set_xscale(_x_scale(analysis))
         ax.set_yscale("log")
-        ax.set_xlabel(_AXIS[analysis.x_name])
+        ax.set_xlabel(analysis.sweep.swept.label)
         ax.set_ylabel(label)
         ax.legend(loc="best")
     _tidy(axes)
@@ -227,53 +215,12 @@ def transition_figure(analysis: Analysis) -> Figure:
 
 def _x_scale(analysis: Analysis) -> str:
     """Log for widths and data sizes; linear for fractions (which may be 0)."""
-    return "log" if analysis.sweep.kind in LOG_KINDS else "linear"
-
-
-def _groups(analysis: Analysis) -> tuple[dict[float, list[Run]], dict[float, tuple]]:
-    """Complete runs by width (or size), ascending, and one colour each from a sequential map."""
-    groups: dict[float, list[Run]] = {}
-    for run in sorted(analysis.runs, key=lambda r: float(r.attrs[analysis.x_name])):
-        groups.setdefault(float(run.attrs[analysis.x_name]), []).append(run)
-    palette = _palette(len(groups))
-    return groups, {value: palette(i) for i, value in enumerate(groups)}
+    return "log" if analysis.sweep.swept.log else "linear"
 
 
 def _palette(n: int) -> ListedColormap:
     """n colours from viridis, stopping short of its palest yellow (hard to see on white)."""
     return ListedColormap(mpl.colormaps["viridis"](np.linspace(0.0, 0.88, max(n, 1))))
-
-
-def _seed_mean(runs: list[Run], window: int | None) -> dict[str, np.ndarray]:
-    """Seed means at the epochs all runs recorded: trace, effective rank, ln train loss, rate."""
-    epochs = runs[0].records["epoch"]
-    for run in runs[1:]:
-        epochs = np.intersect1d(epochs, run.records["epoch"])
-    columns: dict[str, list[np.ndarray]] = {
-        "trace": [],
-        "effective_rank": [],
-        "log_train_loss": [],
-        "rate": [],
-    }
-    for run in runs:
-        rec = run.records
-        at = np.searchsorted(rec["epoch"], epochs)
-        loss = rec["train_loss"]
-        columns["trace"].append(rec["trace"][at])
-        columns["effective_rank"].append(rec["effective_rank"][at])
-        positive = np.isfinite(loss) & (loss > 0)
-        columns["log_train_loss"].append(np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at])
-        columns["rate"].append(adaptation_rate(rec["trace"], loss, window)[at])
-    mean = {key: _nanmean(np.stack(values)) for key, values in columns.items()}
-    mean["epoch"] = np.asarray(epochs, dtype=np.float64)
-    return mean
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    count = finite.sum(axis=0)
-    total = np.where(finite, values, 0.0).sum(axis=0)
-    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
 def _first_positive(analysis: Analysis) -> float:
@@ -359,7 +306,7 @@ def _colorbar(figure: Figure, axes, analysis: Analysis, values: list[float]) -> 
     mappable = mpl.cm.ScalarMappable(norm=BoundaryNorm(np.arange(n + 1) - 0.5, n), cmap=_palette(n))
     bar = figure.colorbar(mappable, ax=axes, ticks=np.arange(n), aspect=40, pad=0.01)
     bar.ax.set_yticklabels([f"{v:g}" for v in values])
-    bar.set_label(_AXIS[analysis.x_name])
+    bar.set_label(analysis.sweep.swept.label)
     bar.ax.tick_params(length=0)
 
 

@@ -1,0 +1,331 @@
+"""The analysis of a sweep: per-run summaries, per-value tables, power laws and the transition width.
+
+`analyze_store(path)` reads the sweep through `store.open_sweep` (the one reader), summarises every
+complete run (`summaries.run_summary`), averages them per swept value, fits power laws and breakpoints
+(`fits`), and derives the seed-mean curves the dynamics figure draws, so that figures and reports
+(`plots`, `report`) only draw and render what is computed here. Runs that are not complete (diverged,
+still running, failed, unreadable) are skipped and named, with how many runs were found of how many
+the config asks for.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from ntkspec.experiments import report
+from ntkspec.experiments.fits import Breakpoint, PowerLaw, ensemble, fit_breakpoint, fit_power_law
+from ntkspec.experiments.records import KINDS, Kind
+from ntkspec.experiments.store import open_sweep
+from ntkspec.experiments.summaries import FITTED, QUANTITIES, RunSummary, adaptation_rate, run_summary
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """One run of a sweep: its attributes and its record arrays cut to `n_records`."""
+
+    name: str
+    attrs: dict[str, Any]
+    records: dict[str, np.ndarray]
+
+    @property
+    def status(self) -> str:
+        return str(self.attrs.get("status", "unknown"))
+
+    @property
+    def seed(self) -> int:
+        return int(self.attrs["seed"])
+
+
+@dataclasses.dataclass(frozen=True)
+class Sweep:
+    """A sweep as `open_sweep` reads it, seen run by run: `runs` by name, in the dataset's order."""
+
+    dataset: xr.Dataset
+    runs: dict[str, Run]
+
+    @property
+    def path(self) -> Path:
+        return Path(self.dataset.attrs["path"])
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return self.dataset.attrs
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return dict(self.attrs.get("config", {}))
+
+    @property
+    def kind(self) -> str:
+        """The sweep's kind: "width", "data_size" or "noise"."""
+        return str(self.attrs["kind"])
+
+    @property
+    def swept(self) -> Kind:
+        return KINDS[self.kind]
+
+    @property
+    def x_name(self) -> str:
+        """The run attribute the sweep varies: "width", "n_train" or "noise_fraction"."""
+        return self.swept.attribute
+
+
+def read_store(path: str | Path) -> Sweep:
+    """The sweep at `path` (folder or `.zarr.zip`), run by run; unreadable runs have status "unreadable"."""
+    dataset = open_sweep(path)
+    swept = KINDS[dataset.attrs["kind"]]
+    per_run = [v for v in dataset.data_vars if dataset[v].dims == (swept.dim, "seed")]
+    per_record = [v for v in (*dataset.data_vars, "epoch") if "record" in dataset[v].dims]
+    runs: dict[str, Run] = {}
+    for i, value in enumerate(dataset[swept.dim].values):
+        for j, seed in enumerate(dataset["seed"].values):
+            cell = dataset.isel({swept.dim: i, "seed": j})
+            status = str(cell["status"].values)
+            if status == "missing":
+                continue
+            name = str(cell["name"].values)
+            attrs = {v: cell[v].values.item() for v in per_run}
+            attrs.update({swept.attribute: value.item(), "seed": int(seed)})
+            n = int(attrs["n_records"])
+            records = {v: np.asarray(cell[v].values[:n]) for v in per_record}
+            runs[name] = Run(name, attrs, records)
+    for name, message in dataset.attrs["unreadable"].items():
+        runs[name] = Run(name, {"status": "unreadable", "message": message}, {})
+    return Sweep(dataset, runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Analysis:
+    """Everything `analyze_store` derives from a sweep.
+
+    `fits` holds power laws by quantity (loss and T0 over all groups; effective rank below its
+    breakpoint; trace ratio above its breakpoint; the adaptation rate times `adaptation_sign`, i.e.
+    -dT/dlnL where the rate is negative on average). `breakpoints` holds "effective_rank_at_min",
+    "trace_ratio" and "transition" (both series with one shared breakpoint: the transition width).
+    `not_fitted` says why a fit is missing, keyed "fit <quantity>" or "breakpoint <name>".
+    `rates` holds each summarised run's adaptation rate per record; `dynamics` the seed-mean curves
+    per swept value (epoch, trace, effective rank, ln train loss, rate) at the epochs all its runs
+    recorded. `expected_runs` is what the config asks for (None if it cannot say).
+    """
+
+    sweep: Sweep
+    runs: list[Run]
+    summaries: dict[str, RunSummary]
+    skipped: list[dict[str, str]]
+    table: report.Table
+    fits: dict[str, PowerLaw]
+    breakpoints: dict[str, Breakpoint]
+    not_fitted: dict[str, str]
+    adaptation_sign: float = 1.0
+    rates: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    dynamics: dict[float, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
+    expected_runs: int | None = None
+
+    @property
+    def x_name(self) -> str:
+        return self.sweep.x_name
+
+    @property
+    def transition(self) -> Breakpoint | None:
+        return self.breakpoints.get("transition")
+
+    def per_run(self, quantity: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(x, value, seed) over the summarised runs, for one `RunSummary` field."""
+        x = np.array([float(r.attrs[self.x_name]) for r in self.runs])
+        y = np.array([getattr(self.summaries[r.name], quantity) for r in self.runs], dtype=float)
+        return x, y, np.array([r.seed for r in self.runs])
+
+    def __repr__(self) -> str:
+        found = self.transition
+        return (
+            f"Analysis(store={str(self.sweep.path)!r}, kind={self.sweep.kind!r}, "
+            f"runs={len(self.runs)}, skipped={len(self.skipped)}, fits={list(self.fits)}, "
+            f"transition={found.label(self.sweep.swept.symbol) if found else None!r})"
+        )
+
+    def __rich__(self):
+        return report.rich(self)
+
+    def to_markdown(self) -> str:
+        return report.markdown(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return report.as_dict(self)
+
+    def write(self, out_dir: str | Path | None = None) -> list[Path]:
+        return report.write(self, out_dir)
+
+
+def analyze_store(
+    path: str | Path, *, window: int | None = None, n_boot: int = 1000, rng: np.random.Generator | int = 0
+) -> Analysis:
+    """Read a sweep's store; derive run summaries, the per-group table, power laws, breakpoints.
+
+    Runs whose status is not "complete" (diverged, still running, unreadable) are skipped and listed;
+    so is a complete run whose records cannot be summarised (no finite test loss), with the reason.
+    """
+    sweep = read_store(path)
+    x_name = sweep.x_name
+    runs, summaries, skipped = [], {}, []
+    for run in sweep.runs.values():
+        if run.status != "complete":
+            message = str(run.attrs.get("message", ""))
+            skipped.append({"name": run.name, "status": run.status, "message": message})
+            continue
+        try:
+            summaries[run.name] = run_summary(run.records, window=window)
+        except ValueError as error:
+            skipped.append({"name": run.name, "status": "unusable", "message": str(error)})
+            continue
+        runs.append(run)
+    x = np.array([float(r.attrs[x_name]) for r in runs])
+    values = {
+        q: np.array([getattr(summaries[r.name], q) for r in runs], dtype=np.float64) for q in QUANTITIES
+    }
+    table = _table(sweep, x, values, skipped)
+    sign = _sign(values["adaptation_rate_at_min"])
+    if not sweep.swept.log:
+        fits, breaks, why = {}, {}, {"all": f"{sweep.kind!r} sweeps get no log-log fits"}
+    elif runs:
+        seeds = np.array([r.seed for r in runs])
+        fitted = {**values, "adaptation_rate_at_min": sign * values["adaptation_rate_at_min"]}
+        fits, breaks, why = _fit_all(x, fitted, seeds, np.random.default_rng(rng), n_boot)
+    else:
+        fits, breaks, why = {}, {}, {"all": "no complete run to analyse"}
+    rates = {r.name: adaptation_rate(r.records["trace"], r.records["train_loss"], window) for r in runs}
+    return Analysis(
+        sweep,
+        runs,
+        summaries,
+        skipped,
+        table,
+        fits,
+        breaks,
+        why,
+        sign,
+        rates,
+        _dynamics(runs, x_name, rates, summaries),
+        sweep.attrs.get("expected_runs"),
+    )
+
+
+def _dynamics(
+    runs: list[Run], x_name: str, rates: dict[str, np.ndarray], summaries: dict[str, RunSummary]
+) -> dict[float, dict[str, np.ndarray]]:
+    """Seed means per swept value, at the epochs all its runs recorded: trace, effective rank,
+    ln train loss (non-positive losses left out) and the adaptation rate."""
+    groups: dict[float, list[Run]] = {}
+    for run in sorted(runs, key=lambda r: float(r.attrs[x_name])):
+        groups.setdefault(float(run.attrs[x_name]), []).append(run)
+    out = {}
+    for value, members in groups.items():
+        epochs = members[0].records["epoch"]
+        for run in members[1:]:
+            epochs = np.intersect1d(epochs, run.records["epoch"])
+        columns: dict[str, list[np.ndarray]] = {
+            "trace": [],
+            "effective_rank": [],
+            "log_train_loss": [],
+            "rate": [],
+        }
+        for run in members:
+            rec = run.records
+            at = np.searchsorted(rec["epoch"], epochs)
+            loss = rec["train_loss"]
+            positive = np.isfinite(loss) & (loss > 0)
+            columns["trace"].append(rec["trace"][at])
+            columns["effective_rank"].append(rec["effective_rank"][at])
+            columns["log_train_loss"].append(
+                np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at]
+            )
+            columns["rate"].append(rates[run.name][at])
+        mean = {key: _nanmean(np.stack(column)) for key, column in columns.items()}
+        mean["epoch"] = np.asarray(epochs, dtype=np.float64)
+        mean["min_epoch"] = np.array(np.mean([summaries[run.name].min_epoch for run in members]))
+        out[value] = mean
+    return out
+
+
+def _nanmean(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    count = finite.sum(axis=0)
+    total = np.where(finite, values, 0.0).sum(axis=0)
+    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
+
+
+def _table(
+    sweep: Sweep, x: np.ndarray, values: dict[str, np.ndarray], skipped: list[dict[str, str]]
+) -> report.Table:
+    """One row per width (or size): runs analysed, diverged, otherwise skipped; mean ± s.e."""
+    x_name = sweep.x_name
+    stats = {q: ensemble(x, y) for q, y in values.items()}
+    lost: dict[float, dict[str, int]] = {}
+    for entry in skipped:
+        value = sweep.runs[entry["name"]].attrs.get(x_name)
+        if value is not None:
+            counts = lost.setdefault(float(value), {"diverged": 0, "incomplete": 0})
+            counts["diverged" if entry["status"] == "diverged" else "incomplete"] += 1
+    rows = []
+    for g in sorted({*x.tolist(), *lost}):
+        row: dict[str, float | int] = {x_name: int(g) if float(g).is_integer() else g}
+        row["runs"] = int(np.sum(x == g))
+        row.update(lost.get(g, {"diverged": 0, "incomplete": 0}))
+        for q, e in stats.items():
+            hit = np.flatnonzero(e.x == g)
+            row[q] = float(e.mean[hit[0]]) if hit.size else math.nan
+            row[f"{q}_se"] = float(e.stderr[hit[0]]) if hit.size else math.nan
+        rows.append(row)
+    columns = [x_name, "runs", "diverged", "incomplete"]
+    columns += [c for q in QUANTITIES for c in (q, f"{q}_se")]
+    return report.Table(columns, rows)
+
+
+def _fit_all(
+    x: np.ndarray,
+    values: dict[str, np.ndarray],
+    seeds: np.ndarray,
+    rng: np.random.Generator,
+    n_boot: int,
+) -> tuple[dict[str, PowerLaw], dict[str, Breakpoint], dict[str, str]]:
+    """Power laws and breakpoints over the runs; a fit that cannot be made is reported in `why`."""
+    fits, breaks, why = {}, {}, {}
+
+    def attempt(label, fit, y, **kwargs):
+        try:
+            return fit(x, y, seeds, n_boot=n_boot, rng=rng, **kwargs)
+        except ValueError as error:
+            why[label] = str(error)
+            return None
+
+    erank, ratio = values["effective_rank_at_min"], values["trace_ratio"]
+    for name, y in (
+        ("effective_rank_at_min", erank),
+        ("trace_ratio", ratio),
+        ("transition", np.stack([erank, ratio], axis=1)),
+    ):
+        found = attempt(f"breakpoint {name}", fit_breakpoint, y)
+        if found is not None:
+            breaks[name] = found
+    # The effective rank follows its power law below its breakpoint, the trace ratio above its own.
+    limits: dict[str, dict[str, float]] = {}
+    if "effective_rank_at_min" in breaks:
+        limits["effective_rank_at_min"] = {"x_max": breaks["effective_rank_at_min"].x}
+    if "trace_ratio" in breaks:
+        limits["trace_ratio"] = {"x_min": breaks["trace_ratio"].x}
+    for name in FITTED:
+        found = attempt(f"fit {name}", fit_power_law, values[name], **limits.get(name, {}))
+        if found is not None:
+            fits[name] = found
+    return fits, breaks, why
+
+
+def _sign(values: np.ndarray) -> float:
+    """-1 if the finite values have a negative mean, else +1."""
+    finite = values[np.isfinite(values)]
+    return -1.0 if finite.size and finite.mean() < 0 else 1.0

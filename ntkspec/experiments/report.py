@@ -1,0 +1,192 @@
+"""Rendering and serialisation of an analysis: Markdown, Rich renderables, CSV and JSON.
+
+Nothing is computed here: every number comes from `analysis.Analysis`. The Rich table wraps: its
+quantity columns are laid out in as many stacked blocks as the console width needs, each block
+repeating the swept value, so that an 80-column terminal shows every cell whole (`wide=True` puts them
+all in one table; the CSV has every column).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntkspec.experiments.records import KINDS
+from ntkspec.experiments.store import stem
+from ntkspec.experiments.summaries import QUANTITIES
+
+_COUNTS = ("runs", "diverged", "incomplete")
+
+
+def _pm(mean: float, stderr: float) -> str:
+    if not np.isfinite(mean):
+        return "–"
+    return f"{mean:.3g}" if not np.isfinite(stderr) else f"{mean:.3g} ± {stderr:.2g}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Table:
+    """Rows of per-group statistics (one dict per width or data size), with `columns` in order.
+
+    Each row: the width (or `n_train`), `runs` analysed, `diverged`, `incomplete` (still running, or
+    complete but unusable), then every quantity of `QUANTITIES` and its standard error `<name>_se`.
+    """
+
+    columns: list[str]
+    rows: list[dict[str, float | int]]
+
+    def formatted(self) -> tuple[list[str], list[list[str]]]:
+        """Headers and cells as text: 'mean ± stderr' for every quantity."""
+        x_name = self.columns[0]
+        headers = [x_name, *_COUNTS, *QUANTITIES.values()]
+        cells = []
+        for row in self.rows:
+            line = [f"{row[x_name]:g}", *(str(row[k]) for k in _COUNTS)]
+            line += [_pm(row[q], row[f"{q}_se"]) for q in QUANTITIES]
+            cells.append(line)
+        return headers, cells
+
+    def to_markdown(self) -> str:
+        headers, cells = self.formatted()
+        lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+        lines += ["| " + " | ".join(line) + " |" for line in cells]
+        return "\n".join(lines)
+
+    def to_rich(self, title: str | None = None, width: int | None = None):
+        """The formatted cells as Rich tables: one if `width` is None, else as many stacked tables as
+        keep every line within `width` columns, each repeating the first (swept value) column."""
+        from rich.console import Group
+        from rich.table import Table as RichTable
+
+        headers, cells = self.formatted()
+        widths = [
+            max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
+        ]
+        blocks, current = [], []
+        for i in range(1, len(headers)):
+            used = sum(widths[j] + 3 for j in (0, *current, i)) + 1  # a box: 3 per column, 1 at the end
+            if width is not None and current and used > width:
+                blocks.append(current)
+                current = []
+            current.append(i)
+        blocks.append(current)
+        tables = []
+        for number, block in enumerate(blocks):
+            table = RichTable(title=title if number == 0 else None)
+            for j in (0, *block):
+                table.add_column(headers[j], justify="right", no_wrap=True)
+            for line in cells:
+                table.add_row(*(line[j] for j in (0, *block)))
+            tables.append(table)
+        return tables[0] if len(tables) == 1 else Group(*tables)
+
+    def to_csv(self, path: str | Path) -> Path:
+        path = Path(path)
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        return path
+
+
+def markdown(analysis) -> str:
+    """The table, then the runs found, the fits, the breakpoints and the skipped runs, as Markdown."""
+    symbol = KINDS[analysis.sweep.kind].symbol
+    lines = [analysis.table.to_markdown(), "", f"- {_found(analysis)}"]
+    for name, fit in analysis.fits.items():
+        span = f"{fit.x_min:g}-{fit.x_max:g}"
+        flipped = (
+            " (of -dT/dlnL)" if name == "adaptation_rate_at_min" and analysis.adaptation_sign < 0 else ""
+        )
+        lines.append(f"- {name}{flipped}: {fit.label(symbol)}, fitted on {symbol} = {span}")
+    for name, found in analysis.breakpoints.items():
+        slopes = ", ".join(
+            f"{left:.2f} -> {right:.2f}"
+            for left, right in zip(found.slopes_left, found.slopes_right, strict=True)
+        )
+        lines.append(f"- breakpoint {name}: {found.label(symbol)}, log-log slopes {slopes}")
+    lines += [f"- not fitted, {name}: {why}" for name, why in analysis.not_fitted.items()]
+    lines += [
+        f"- skipped {s['name']} ({s['status']})" + (f": {s['message']}" if s["message"] else "")
+        for s in analysis.skipped
+    ]
+    return "\n".join(lines)
+
+
+def _found(analysis) -> str:
+    found = len(analysis.runs) + len(analysis.skipped)
+    asked = analysis.expected_runs
+    of = f" of the {asked} the config asks for" if asked is not None else ""
+    return f"found {found} run(s){of}: {len(analysis.runs)} analysed, {len(analysis.skipped)} skipped"
+
+
+def rich(analysis, width: int | None = None, wide: bool = False):
+    """Rich renderable: the table (wrapped to `width` unless `wide`), then the notes as Markdown."""
+    from rich.console import Group
+    from rich.markdown import Markdown
+
+    title = f"{analysis.sweep.path.name}: {analysis.sweep.kind} sweep, {len(analysis.runs)} runs"
+    notes = markdown(analysis).split("\n\n", 1)[1]
+    return Group(analysis.table.to_rich(title=title, width=None if wide else width), Markdown(notes))
+
+
+def as_dict(analysis) -> dict[str, Any]:
+    """JSON-ready summary (NaN as null)."""
+    x_name = analysis.x_name
+    return _jsonable(
+        {
+            "store": str(analysis.sweep.path),
+            "config": analysis.sweep.config,
+            "kind": analysis.sweep.kind,
+            "x": x_name,
+            "expected_runs": analysis.expected_runs,
+            "table": analysis.table.rows,
+            "runs": [
+                {
+                    "name": r.name,
+                    x_name: r.attrs[x_name],
+                    "seed": r.seed,
+                    **analysis.summaries[r.name].as_dict(),
+                }
+                for r in analysis.runs
+            ],
+            "skipped": analysis.skipped,
+            "fits": {k: dataclasses.asdict(v) for k, v in analysis.fits.items()},
+            "breakpoints": {k: dataclasses.asdict(v) for k, v in analysis.breakpoints.items()},
+            "not_fitted": analysis.not_fitted,
+            "adaptation_sign": analysis.adaptation_sign,
+        }
+    )
+
+
+def write(analysis, out_dir: str | Path | None = None) -> list[Path]:
+    """Write `<store>.table.csv` and `<store>.analysis.json` beside the store (or in `out_dir`)."""
+    name = stem(analysis.sweep.path)
+    where = Path(out_dir) if out_dir is not None else analysis.sweep.path.parent
+    where.mkdir(parents=True, exist_ok=True)
+    csv_path = analysis.table.to_csv(where / f"{name}.table.csv")
+    json_path = where / f"{name}.analysis.json"
+    json_path.write_text(json.dumps(as_dict(analysis), indent=2, allow_nan=False))
+    return [csv_path, json_path]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return _jsonable(value.item())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,443 @@
+"""The sweep store: the only module that knows the Zarr layout. Writer, reader and `open_sweep`.
+
+Layout (Zarr v3)::
+
+    sweep.zarr/                  attrs: config, versions, ntkspec_version, created
+      .locks/                    one lock file per run (`filelock`), and one for creating the root
+      w64_s0/                    attrs: status, message, n_records and `records.RUN_FIELDS`
+        epoch        (record,)   int64
+        train_loss   (record,)   float64    ... one 1-D array per scalar field of `records.Record`
+        method       (record,)   string     "exact" or "stochastic"
+        top_eigenvalues          (record, k) float64, NaN-padded
+        cosine_top_eigenvalues   (record, k) float64
+
+Every chunk is Zstandard-compressed and carries a CRC32C checksum (Zarr v3's `crc32c` codec), so a
+chunk changed on disk (a bad sector, a partial copy) is detected when read instead of being decoded
+into wrong numbers; a chunk that is missing is detected from the store's listing (Zarr would read it
+as fill values). `read_run` raises `CorruptRunError` naming the run and the array; `open_sweep` marks
+such a run "unreadable" and goes on; a sweep reruns it. Stores written before checksums existed read
+as before (their codecs are in their metadata).
+
+Crash safety (every metadata and chunk write of Zarr's local store is atomic: temporary file, then
+rename): a record is appended by growing and writing every array at index r, and only then setting the
+run's `n_records` attribute to r + 1; readers trust `n_records` alone. A run is finished only once its
+`status` says "complete" or "diverged", written last and only after every record read back equal to
+what was written. A run is owned by one process at a time: `claim` takes its lock without waiting, so
+a second process on the same store skips the runs another one holds. An unfinished run (killed,
+"failed", unreadable) is deleted and restarted from epoch 0 by its next owner.
+
+Committed stores are packed into one Zip file per sweep (`pack`: `sweep.zarr.zip`, chunks stored
+uncompressed in the archive since they are compressed already): a `git clone` then handles one file
+instead of thousands. `read_run`, `list_runs` and `open_sweep` read a `.zarr.zip` as they read a folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import importlib.metadata
+import json
+import math
+import shutil
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import filelock
+import numpy as np
+import xarray as xr
+import zarr
+from zarr.codecs import Crc32cCodec, ZstdCodec
+
+import ntkspec
+from ntkspec._errors import bad_value
+from ntkspec.experiments.config import SweepConfig, runs
+from ntkspec.experiments.records import FINISHED, SCALAR_FIELDS, STATUSES, VECTOR_FIELDS, Record, kind
+
+_CHUNK = 256
+_COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
+_PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "zarr", "xarray")
+_LOCKS = ".locks"
+#: Runs written with checksums and every chunk stored (even all-fill ones) say `layout: 2`; earlier
+#: runs have no checksums, and a chunk of theirs that is absent may just have been all fill values.
+LAYOUT = 2
+
+
+class CorruptRunError(ValueError):
+    """A run whose metadata or chunks cannot be read back as written (checksum, missing chunk)."""
+
+
+def _versions() -> dict[str, str]:
+    versions = {}
+    for name in _PACKAGES:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
+            versions[name] = importlib.metadata.version(name)
+    return versions
+
+
+def _jsonable(value: object) -> object:
+    return json.loads(json.dumps(value))
+
+
+def _lock(path: Path, name: str) -> filelock.FileLock:
+    folder = path / _LOCKS
+    folder.mkdir(parents=True, exist_ok=True)
+    return filelock.FileLock(folder / f"{name}.lock")
+
+
+def open_store(
+    path: str | Path, config: dict, *, ignore: tuple[str, ...] = ("data_dir", "store")
+) -> zarr.Group:
+    """Open the sweep store at `path`, creating its root group (race-safe) if it does not exist.
+
+    The root's attributes hold `config`, package versions and the creation time. An existing store must
+    have been created from the same config (the keys in `ignore` aside): otherwise its runs would mix
+    two experiments, and a `ValueError` says which keys differ.
+    """
+    path = Path(path).expanduser()
+    if zipfile.is_zipfile(path):
+        raise bad_value(
+            "store", f"{str(path)!r}, a packed (read-only) store", "a store folder to write runs into"
+        )
+    path.mkdir(parents=True, exist_ok=True)
+    config = _jsonable(config)
+    with _lock(path, "root"):
+        if not (path / "zarr.json").is_file():
+            return zarr.create_group(
+                store=str(path),
+                zarr_format=3,
+                attributes={
+                    "config": config,
+                    "versions": _versions(),
+                    "ntkspec_version": ntkspec.__version__,
+                    "created": datetime.datetime.now(datetime.UTC).isoformat(),
+                },
+            )
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    stored = root.attrs.get("config", {})
+    keys = (set(stored) | set(config)) - set(ignore)
+    differ = sorted(k for k in keys if stored.get(k) != config.get(k))
+    if differ:
+        shown = ", ".join(f"{k}: {stored.get(k)!r} there, {config.get(k)!r} now" for k in differ)
+        raise bad_value(
+            "store",
+            f"{str(path)!r}, made by a different config ({shown})",
+            "a new store path, or the config that made this store",
+            "Pass --store NEW_PATH, or rerun with the same config and overrides.",
+        )
+    return root
+
+
+@contextlib.contextmanager
+def claim(path: str | Path, name: str) -> Iterator[bool]:
+    """Own run `name` of the store at `path` for the block: yields False if another process holds it.
+
+    The lock is an OS file lock (`filelock`), released when the block ends or the process dies.
+    """
+    lock = _lock(Path(path), name)
+    try:
+        lock.acquire(timeout=0)
+    except filelock.Timeout:
+        yield False
+        return
+    try:
+        yield True
+    finally:
+        lock.release()
+
+
+def run_status(root: zarr.Group, name: str) -> str | None:
+    """Status of run `name`, or None where it is absent or its metadata cannot be read."""
+    try:
+        group = zarr.open_group(store=root.store, path=name, mode="r", zarr_format=3)
+        return group.attrs.get("status")
+    except (OSError, ValueError):  # absent, or metadata left unreadable
+        return None
+
+
+def _keys(path: Path, under: str = "") -> set[str]:
+    """The keys (files) of the store at `path`, a folder or a packed `.zarr.zip`, below `under`."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            return {key for key in archive.namelist() if key.startswith(under)}
+    return {str(p.relative_to(path)) for p in (path / under).rglob("*") if p.is_file()}
+
+
+def _zarr_store(path: Path):
+    return zarr.storage.ZipStore(path, mode="r") if zipfile.is_zipfile(path) else str(path)
+
+
+def list_runs(path: str | Path) -> list[str]:
+    """Names of the run groups in the store at `path` (sorted)."""
+    path = Path(path)
+    if zipfile.is_zipfile(path):
+        return sorted(
+            key.split("/")[0] for key in _keys(path) if key.count("/") == 1 and key.endswith("/zarr.json")
+        )
+    return sorted(p.parent.name for p in path.glob("*/zarr.json"))
+
+
+class RunWriter:
+    """Writes one run: `append` records, then `finish` with the final status.
+
+    Creating a writer deletes whatever an earlier, incomplete attempt left under the run's name; the
+    caller must own the run (`claim`).
+    """
+
+    def __init__(self, root: zarr.Group, name: str, attrs: dict, top_k: int):
+        self.path = Path(str(root.store.root)) / root.path
+        self.name = name
+        shutil.rmtree(self.path / name, ignore_errors=True)
+        self.group = root.create_group(
+            name,
+            attributes=_jsonable(
+                {**attrs, "status": "running", "message": "", "n_records": 0, "layout": LAYOUT}
+            ),
+        )
+        self.written: dict[str, list] = {}
+        self.arrays = {}
+        for field in ("epoch", *SCALAR_FIELDS):
+            self.arrays[field] = self._create(field, (0,), "int64" if field == "epoch" else "float64")
+        self.arrays["method"] = self._create("method", (0,), str)
+        for field in VECTOR_FIELDS:
+            self.arrays[field] = self._create(field, (0, top_k), "float64")
+
+    def _create(self, field: str, shape: tuple[int, ...], dtype) -> zarr.Array:
+        fill = {"int64": 0, "float64": np.nan}.get(dtype, "")
+        return self.group.create_array(
+            field,
+            shape=shape,
+            chunks=(_CHUNK, *shape[1:]),
+            dtype=dtype,
+            fill_value=fill,
+            compressors=_COMPRESSORS,
+            config={"write_empty_chunks": True},  # every chunk on disk, so a missing one is a loss
+            dimension_names=["record", "k"][: len(shape)],
+        )
+
+    @property
+    def n_records(self) -> int:
+        return len(self.written.get("epoch", []))
+
+    def append(self, record: Record) -> None:
+        """Write `record` at index n_records in every array, then bump `n_records` (last)."""
+        r = self.n_records
+        for field, array in self.arrays.items():
+            value = getattr(record, field)
+            array.resize((r + 1, *array.shape[1:]))
+            array[r] = value
+            self.written.setdefault(field, []).append(value)
+        self.group.update_attributes({"n_records": r + 1})
+
+    def finish(self, status: str, message: str = "") -> None:
+        """Mark the run `status` ("complete", "diverged" or "failed") with `message`: its last write.
+
+        A finished status is written only once every record reads back equal to what was written;
+        otherwise `CorruptRunError` is raised and the run stays unfinished.
+        """
+        if status not in STATUSES[1:]:
+            raise bad_value("status", repr(status), f"one of {STATUSES[1:]}")
+        if status in FINISHED:
+            attrs, arrays = read_run(self.path, self.name)
+            for field, values in self.written.items():
+                expected = np.asarray(values)
+                if arrays[field].shape != expected.shape or not np.array_equal(
+                    arrays[field], expected, equal_nan=expected.dtype.kind == "f"
+                ):
+                    raise CorruptRunError(
+                        f"run {self.name!r}: array {field!r} did not read back as written; "
+                        "check the disk, then rerun the sweep"
+                    )
+            if attrs["n_records"] != self.n_records:
+                raise CorruptRunError(
+                    f"run {self.name!r}: {attrs['n_records']} records stored, not {self.n_records}"
+                )
+        self.group.update_attributes({"status": status, "message": message})
+
+
+def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
+    """Attributes and arrays (first `n_records` records only) of run `name` in the store at `path`.
+
+    Raises `CorruptRunError`, naming the run and the array, when its metadata cannot be read, a chunk
+    fails its checksum or does not decompress, or a chunk holding valid records is missing.
+    """
+    path = Path(path)
+    try:
+        group = zarr.open_group(_zarr_store(path), path=name, mode="r", zarr_format=3)
+        attrs = dict(group.attrs)
+        members = list(group.arrays())
+    except (OSError, ValueError, KeyError) as error:
+        raise CorruptRunError(
+            f"run {name!r}: metadata unreadable ({type(error).__name__}: {error})"
+        ) from error
+    keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
+    n = int(attrs.get("n_records", 0))
+    arrays = {}
+    for field, array in members:
+        count = min(max(n, 0), array.shape[0])
+        rows = math.ceil(count / array.chunks[0])
+        grid = [
+            range(rows),
+            *(range(math.ceil(s / c)) for s, c in zip(array.shape[1:], array.chunks[1:], strict=True)),
+        ]
+        for coords in np.ndindex(*(len(axis) for axis in grid)):
+            key = f"{name}/{field}/{array.metadata.encode_chunk_key(coords)}"
+            if keys is not None and key not in keys:
+                raise CorruptRunError(
+                    f"run {name!r}: array {field!r} lost its chunk {key!r}; rerun the sweep"
+                )
+        try:
+            arrays[field] = np.asarray(array[:count])
+        except (RuntimeError, ValueError, OSError) as error:
+            raise CorruptRunError(
+                f"run {name!r}: array {field!r} is corrupt ({type(error).__name__}: {error}); rerun the sweep"
+            ) from error
+    return attrs, arrays
+
+
+def verify(path: str | Path, name: str) -> str | None:
+    """None if run `name` reads back whole, else what is wrong with it."""
+    try:
+        read_run(path, name)
+    except CorruptRunError as error:
+        return str(error)
+    return None
+
+
+def pack(path: str | Path, out: str | Path | None = None) -> Path:
+    """Write the store folder at `path` as one Zip file (default `<path>.zip`); returns its path.
+
+    Every run must read back whole (a corrupt one raises `CorruptRunError`); locks are left out.
+    """
+    path = Path(path)
+    out = Path(out) if out is not None else path.with_name(path.name + ".zip")
+    for name in list_runs(path):
+        read_run(path, name)
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+        for key in sorted(_keys(path)):
+            if not key.startswith(_LOCKS + "/"):
+                archive.write(path / key, key)
+    return out
+
+
+# ---------------------------------------------------------------------------------- open_sweep
+
+
+def open_sweep(path: str | Path) -> xr.Dataset:
+    """The whole sweep at `path` (a store folder or a packed `.zarr.zip`) as one `xarray.Dataset`.
+
+    Dimensions: the swept quantity (`width`, `data_size` or `noise_fraction`), `seed`, `record`, and
+    `k` for the top eigenvalues. Per-record variables (every `Record` field) are NaN-padded beyond a
+    run's `n_records` and where a (value, seed) has no run; `epoch` is a coordinate over (value, seed,
+    record). Per-run variables over (value, seed): `name`, `status` ("missing" where there is no run;
+    "unreadable" where a chunk is corrupt or missing, with the reason in `message`), `message`,
+    `n_records` and the run attributes (`lr`, `depth`, `n_train`, ...). Attributes: the store's
+    (`config`, `versions`, `created`, ...), `kind`, `path`, `expected_runs` (what the config asks for,
+    None if it cannot say) and `unreadable` (run name -> reason, for runs that could not be placed
+    because their metadata is unreadable).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise bad_value("path", str(path), "an existing Zarr store written by a sweep")
+    root = zarr.open_group(_zarr_store(path), mode="r")
+    attrs = dict(root.attrs)
+    config = dict(attrs.get("config", {}))
+    try:
+        swept = kind(config.get("kind"))
+    except ValueError as error:
+        raise bad_value(
+            "config['kind'] of the store",
+            repr(config.get("kind")),
+            "one of width, data_size, noise",
+            "Was the store written by `ntkspec sweep`?",
+        ) from error
+    found, unreadable = {}, {}
+    for name in list_runs(path):
+        try:
+            found[name] = read_run(path, name)
+        except CorruptRunError as error:
+            try:
+                group = zarr.open_group(_zarr_store(path), path=name, mode="r", zarr_format=3)
+                run_attrs = {**group.attrs, "status": "unreadable", "message": str(error), "n_records": 0}
+                found[name] = (run_attrs, {})
+            except (OSError, ValueError, KeyError):
+                unreadable[name] = str(error)
+    for name, (run_attrs, _) in list(found.items()):
+        if swept.attribute not in run_attrs or "seed" not in run_attrs:
+            unreadable[name] = f"run {name!r}: attributes lack {swept.attribute!r} or 'seed'"
+            del found[name]
+    values = sorted({float(a[swept.attribute]) for a, _ in found.values()})
+    seeds = sorted({int(a["seed"]) for a, _ in found.values()})
+    data = _grid(found, swept, values, seeds)
+    coords = {swept.dim: _plain(values), "seed": np.asarray(seeds, dtype=np.int64)}
+    dataset = (
+        xr.Dataset(data, coords=coords).set_coords("epoch") if "epoch" in data else xr.Dataset(coords=coords)
+    )
+    dataset.attrs = {
+        **attrs,
+        "kind": swept.name,
+        "path": str(path),
+        "expected_runs": _expected_runs(config),
+        "unreadable": unreadable,
+    }
+    return dataset
+
+
+def _plain(values: list[float]) -> np.ndarray:
+    """Integers as int64 (widths, sizes), fractions as float64."""
+    array = np.asarray(values, dtype=np.float64)
+    return array.astype(np.int64) if np.all(array == np.round(array)) and array.size else array
+
+
+def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
+    """Data variables over (swept value, seed[, record[, k]]) from the runs read."""
+    attribute, reserved = swept.attribute, {"name", "status", "message", "n_records", "seed", swept.dim}
+    shape = (len(values), len(seeds))
+    length = max((int(a.get("n_records", 0)) for a, _ in found.values()), default=0)
+    per_run: dict[str, np.ndarray] = {"name": np.full(shape, "", dtype=object)}
+    per_run["status"] = np.full(shape, "missing", dtype=object)
+    per_run["message"] = np.full(shape, "", dtype=object)
+    per_run["n_records"] = np.zeros(shape, dtype=np.int64)
+    per_record: dict[str, np.ndarray] = {}
+    for name, (run_attrs, arrays) in sorted(found.items()):
+        cell = (values.index(float(run_attrs[attribute])), seeds.index(int(run_attrs["seed"])))
+        per_run["name"][cell] = name
+        per_run["status"][cell] = str(run_attrs.get("status", "unknown"))
+        per_run["message"][cell] = str(run_attrs.get("message", ""))
+        per_run["n_records"][cell] = int(run_attrs.get("n_records", 0)) if arrays else 0
+        for key, value in run_attrs.items():
+            if key in reserved or isinstance(value, list | dict) or value is None:
+                continue
+            if key not in per_run:
+                numeric = isinstance(value, int | float) and not isinstance(value, bool)
+                per_run[key] = np.full(
+                    shape, np.nan if numeric else "", dtype=np.float64 if numeric else object
+                )
+            per_run[key][cell] = value
+        for field, array in arrays.items():
+            if field not in per_record:
+                text = array.dtype.kind in "OUT"
+                per_record[field] = np.full(
+                    (*shape, length, *array.shape[1:]),
+                    "" if text else np.nan,
+                    dtype=object if text else np.float64,
+                )
+            per_record[field][cell][: array.shape[0]] = array
+    dims = (swept.dim, "seed", "record", "k")
+    data = {key: (dims[:2], value) for key, value in per_run.items()}
+    for field, array in per_record.items():
+        data[field] = (dims[: array.ndim], array)
+    return data
+
+
+def _expected_runs(config: dict) -> int | None:
+    """How many runs the stored config asks for (None where it is not a whole sweep config)."""
+    try:
+        return len(runs(SweepConfig.from_dict(config)))
+    except (ValueError, TypeError):
+        return None
+
+
+def stem(path: str | Path) -> str:
+    """The sweep's name from its store path: `mnist-depth3` for `mnist-depth3.zarr` or `.zarr.zip`."""
+    return Path(path).name.removesuffix(".zip").removesuffix(".zarr")

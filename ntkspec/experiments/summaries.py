@@ -1,0 +1,187 @@
+"""Per-run derived quantities: the minimum test loss and what the kernel looks like there.
+
+Per run (records r = 0 .. n-1 of one training run):
+
+* the minimum test loss and the record r* where it is reached;
+* T0 = tr K at the first record (initialisation) and the trace ratio (T(r*) - T0) / T0;
+* effective rank and cosine effective rank at r*;
+* the alignment A(K0, K*) of the NTK at r* with the one at initialisation (1 - A: how far the kernel
+  moved; NaN for stores recorded before it was);
+* the adaptation rate dT / d ln L_train at r*: T and ln L_train are smoothed by a centred running
+  mean over `window` records (by default a tenth of the run's records), then differentiated,
+  dT/dlnL = (dT/dt) / (dlnL/dt) with `np.gradient`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from ntkspec._errors import bad_value
+
+#: Per-run quantities tabulated and fitted, with human-readable labels.
+QUANTITIES: dict[str, str] = {
+    "min_test_loss": "min test loss",
+    "min_epoch": "epoch of min",
+    "test_accuracy_at_min": "test accuracy",
+    "trace0": "T0",
+    "trace_ratio": "trace ratio",
+    "effective_rank_at_min": "eff. rank",
+    "cosine_effective_rank_at_min": "cos. eff. rank",
+    "adaptation_rate_at_min": "dT/dlnL",
+    "init_alignment_at_min": "A(K0, K*)",
+}
+
+#: Quantities fitted with a power law against width (or data size).
+FITTED = (
+    "min_test_loss",
+    "trace0",
+    "adaptation_rate_at_min",
+    "effective_rank_at_min",
+    "trace_ratio",
+)
+_REQUIRED = ("epoch", "train_loss", "test_loss", "trace", "effective_rank")
+_OPTIONAL = ("cosine_effective_rank", "test_accuracy", "init_alignment")
+
+
+def running_mean(values: ArrayLike, window: int) -> np.ndarray:
+    """Centred running mean over `window` records, ignoring non-finite entries.
+
+    Record i averages records [i - (window - 1) // 2, i + window // 2], clipped to the run, so the
+    edges average fewer records and a run shorter than `window` is averaged over what it has. Unlike
+    a trailing mean it does not lag; because it is linear, smoothing T and ln L with the same window
+    keeps any linear relation T = a + b ln L exact.
+    """
+    x = np.asarray(values, dtype=np.float64)
+    if x.ndim != 1:
+        raise bad_value("values", f"an array of shape {x.shape}", "a 1-D array over records")
+    if not (isinstance(window, int | np.integer) and window >= 1):
+        raise bad_value("window", window, "an integer >= 1")
+    n = x.size
+    finite = np.isfinite(x)
+    sums = np.concatenate([[0.0], np.cumsum(np.where(finite, x, 0.0))])
+    counts = np.concatenate([[0], np.cumsum(finite)])
+    i = np.arange(n)
+    lo = np.clip(i - (window - 1) // 2, 0, n)
+    hi = np.clip(i + window // 2 + 1, 0, n)
+    total, count = sums[hi] - sums[lo], counts[hi] - counts[lo]
+    return safe_divide(total, count)
+
+
+def default_window(n_records: int) -> int:
+    """Running-mean window of the adaptation rate: a tenth of the records, at least 1.
+
+    Sweeps record 15-30 log-spaced times; a fixed wide window would average over most of such a run
+    and flatten ln L wherever the records it spans do not change (NaN rates), so it scales with n.
+    """
+    return max(1, n_records // 10)
+
+
+def adaptation_rate(trace: ArrayLike, train_loss: ArrayLike, window: int | None = None) -> np.ndarray:
+    """dT / d ln L_train at every record, from running means of T and ln L_train over `window`.
+
+    The derivative is the ratio of the record-wise gradients of the two smoothed curves, which
+    equals `np.gradient(T_s, lnL_s)` where ln L is monotone, and is NaN where ln L is flat.
+    Records with a non-positive or non-finite loss (a float32 cross-entropy that rounded to 0 on a
+    memorised training set) are left out of the means. `window` defaults to `default_window(n)`.
+    Fewer than two records give NaN.
+    """
+    t = np.asarray(trace, dtype=np.float64)
+    loss = np.asarray(train_loss, dtype=np.float64)
+    if t.shape != loss.shape or t.ndim != 1:
+        raise bad_value(
+            "trace, train_loss",
+            f"shapes {t.shape} and {loss.shape}",
+            "two 1-D arrays of equal length",
+        )
+    if t.size < 2:
+        return np.full(t.shape, np.nan)
+    positive = np.isfinite(loss) & (loss > 0)
+    log_loss = np.log(np.where(positive, loss, 1.0))
+    log_loss[~positive] = np.nan
+    window = min(default_window(t.size) if window is None else window, t.size)
+    dt = np.gradient(running_mean(t, window))
+    dl = np.gradient(running_mean(log_loss, window))
+    return safe_divide(dt, dl)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """Derived quantities of one run, taken at the record of minimum test loss (`min_index`)."""
+
+    n_records: int
+    min_index: int
+    min_epoch: float
+    min_test_loss: float
+    test_accuracy_at_min: float
+    train_loss_at_min: float
+    trace0: float
+    trace_at_min: float
+    trace_ratio: float
+    effective_rank_at_min: float
+    cosine_effective_rank_at_min: float
+    adaptation_rate_at_min: float
+    init_alignment_at_min: float
+
+    def as_dict(self) -> dict[str, float | int]:
+        return dataclasses.asdict(self)
+
+
+def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) -> RunSummary:
+    """Summarise one run from its record arrays.
+
+    Parameters
+    ----------
+    records
+        1-D arrays over records, all of one length: `epoch`, `train_loss`, `test_loss`, `trace`,
+        `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy` and `init_alignment`
+        (NaN if absent).
+        The first record is taken to be the initialisation (T0 = trace[0]).
+    window
+        Records in the running mean used for the adaptation rate (default: `default_window`).
+    """
+    missing = [name for name in _REQUIRED if name not in records]
+    if missing:
+        raise bad_value("records", f"arrays {sorted(records)}", f"also {missing}", "Pass every record array.")
+    arrays = {
+        name: np.asarray(value, dtype=np.float64)
+        for name, value in records.items()
+        if name in (*_REQUIRED, *_OPTIONAL)
+    }
+    n = arrays["epoch"].shape[0] if arrays["epoch"].ndim == 1 else -1
+    shapes = {name: a.shape for name, a in arrays.items()}
+    if n < 1 or any(shape != (n,) for shape in shapes.values()):
+        raise bad_value("records", f"shapes {shapes}", "1-D arrays of one common, non-zero length")
+    test_loss = arrays["test_loss"]
+    if not np.any(np.isfinite(test_loss)):
+        raise bad_value("records['test_loss']", "no finite value", "at least one finite test loss")
+    i = int(np.nanargmin(np.where(np.isfinite(test_loss), test_loss, np.nan)))
+    nan = np.full(n, np.nan)
+    trace = arrays["trace"]
+    t0 = float(trace[0])
+    rate = adaptation_rate(trace, arrays["train_loss"], window)
+    return RunSummary(
+        n_records=n,
+        min_index=i,
+        min_epoch=float(arrays["epoch"][i]),
+        min_test_loss=float(test_loss[i]),
+        test_accuracy_at_min=float(arrays.get("test_accuracy", nan)[i]),
+        train_loss_at_min=float(arrays["train_loss"][i]),
+        trace0=t0,
+        trace_at_min=float(trace[i]),
+        trace_ratio=float(safe_divide(np.float64(trace[i] - t0), np.float64(t0))),
+        effective_rank_at_min=float(arrays["effective_rank"][i]),
+        cosine_effective_rank_at_min=float(arrays.get("cosine_effective_rank", nan)[i]),
+        adaptation_rate_at_min=float(rate[i]),
+        init_alignment_at_min=float(arrays.get("init_alignment", nan)[i]),
+    )
+
+
+def safe_divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num / den, NaN where den is 0 or either is non-finite (no warnings)."""
+    num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
+    ok = np.isfinite(num) & np.isfinite(den) & (den != 0)
+    return np.divide(num, den, out=np.full(np.broadcast(num, den).shape, np.nan), where=ok)

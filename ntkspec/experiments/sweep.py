@@ -1,0 +1,159 @@
+"""Sweeps, orchestration only: the runs of a config trained and measured, each written to the store.
+
+Kinds of sweep (`records.KINDS`): width x seed (runs `w{width}_s{seed}`, the model-scaling
+transition), training-set size x seed (`n{size}_s{seed}`; for one seed the training sets are nested and
+the NTK batch and test set shared, see `ntkspec.data.split`), noisy-copy fraction x seed
+(`p{percent}_s{seed}`). `run_sweep(config, task=(i, n))` runs the runs whose index is i modulo n, so n
+processes (a job array) can share one store. Each run is owned by one process at a time
+(`store.claim`): a process skips the runs another one holds and says so. Runs already finished and
+reading back whole are skipped, so rerunning after a crash resumes; runs left "running" by a killed
+process, "failed", or no longer reading back (a corrupt or missing chunk) start again from epoch 0.
+Progress is reported through a callback; the command line draws it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+from jax.sharding import Mesh
+
+from ntkspec import data
+from ntkspec._errors import bad_value
+from ntkspec.experiments import store
+from ntkspec.experiments.config import Run, SweepConfig, parse_task, run_model, run_split, runs
+from ntkspec.experiments.measure import Measure
+from ntkspec.experiments.records import FINISHED
+from ntkspec.experiments.train import make_optimizer, record_epochs, train
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a sweep is: run `number` of `total` to train now (`run`), at `epoch` of `epochs`."""
+
+    number: int
+    total: int
+    run: Run
+    epoch: int
+    epochs: int
+
+
+@dataclasses.dataclass(frozen=True)
+class SweepSummary:
+    """What `run_sweep` did with the runs of its task.
+
+    done: trained now (complete or diverged); skipped: finished before; busy: held by another process
+    (left to it); diverged: of those done, the ones whose loss became non-finite; failed: runs that
+    raised a runtime error (retried next time); corrupt: finished runs that no longer read back
+    (named here, and trained again).
+    """
+
+    store: Path
+    done: tuple[str, ...]
+    skipped: tuple[str, ...]
+    diverged: tuple[str, ...]
+    failed: tuple[str, ...]
+    seconds: float
+    complete: bool  # every run of the whole sweep (all tasks) has finished
+    busy: tuple[str, ...] = ()
+    corrupt: tuple[str, ...] = ()
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    task: str | tuple[int, int] = (0, 1),
+    progress: Callable[[Progress], None] | None = None,
+    mesh: Mesh | None = None,
+) -> SweepSummary:
+    """Run the runs of `config` that belong to `task` ("i/n": index i modulo n) and are not finished.
+
+    Each run: data split and model from its seed, full-batch training, a record per recording epoch
+    appended to the store, then its final status: "complete", "diverged" (with advice) or "failed"
+    (a runtime error such as running out of memory; the sweep goes on, and a rerun retries the run).
+    With a `mesh`, training and spectra run sharded across its devices. Bad input raises. `progress`
+    is called when a run starts and after every record.
+    """
+    start = time.perf_counter()
+    index, count = parse_task(task)
+    if config.dtype == "float64" and not jax.config.jax_enable_x64:
+        raise bad_value(
+            "dtype", "'float64' with JAX's 64-bit mode off", "'float32'", "Or set JAX_ENABLE_X64=1."
+        )
+    root = store.open_store(config.store_path, config.to_dict())
+    path = config.store_path
+    mine = [run for run in runs(config) if run.index % count == index]
+    corrupt = {
+        run.name: why
+        for run in mine
+        if store.run_status(root, run.name) in FINISHED and (why := store.verify(path, run.name))
+    }
+    todo = [run for run in mine if store.run_status(root, run.name) not in FINISHED or run.name in corrupt]
+    dataset = data.load(config.dataset, config.data_dir) if todo else None
+    optimizer = make_optimizer(config.optimizer, config.lr, b1=config.b1, momentum=config.momentum)
+    epochs = record_epochs(config.epochs, config.n_records, config.spacing)
+    done, skipped, busy, diverged, failed = [], [], [], [], []
+    for run in mine:
+        if run not in todo:
+            skipped.append(run.name)
+            continue
+        with store.claim(path, run.name) as owned:
+            if not owned:
+                busy.append(run.name)
+                continue
+            if store.run_status(root, run.name) in FINISHED and not store.verify(path, run.name):
+                skipped.append(run.name)  # finished by another process meanwhile
+                continue
+            number = len(done) + len(failed) + 1
+
+            def record(rec, writer, run=run, number=number) -> None:
+                writer.append(rec)
+                if progress is not None:
+                    progress(Progress(number, len(todo), run, rec.epoch, config.epochs))
+
+            status = _train_one(config, run, dataset, optimizer, epochs, root, record, mesh)
+            (failed if status == "failed" else done).append(run.name)
+            if status == "diverged":
+                diverged.append(run.name)
+    complete = all(store.run_status(root, run.name) in FINISHED for run in runs(config))
+    return SweepSummary(
+        store=path,
+        done=tuple(done),
+        skipped=tuple(skipped),
+        diverged=tuple(diverged),
+        failed=tuple(failed),
+        seconds=time.perf_counter() - start,
+        complete=complete and not busy,
+        busy=tuple(busy),
+        corrupt=tuple(corrupt),
+    )
+
+
+def _train_one(config, run, dataset, optimizer, epochs, root, record, mesh) -> str:
+    """Train and measure one run into a fresh writer; its final status."""
+    split = run_split(config, run, dataset)
+    writer = store.RunWriter(root, run.name, run.attrs(config), config.top_k)
+    measure = Measure(split.x_ntk, run.keys()[2], top_k=config.top_k, method=config.method, mesh=mesh)
+    try:
+        result = train(
+            run_model(config, run, split),
+            split,
+            optimizer,
+            epochs,
+            measure,
+            recorder=lambda rec: record(rec, writer),
+            mesh=mesh,
+        )
+        message = result.message
+        if result.status == "diverged":
+            message += f" (optimizer {config.optimizer}, lr {config.lr:g})"
+        writer.finish(result.status, message)
+        return result.status
+    except (RuntimeError, MemoryError, store.CorruptRunError) as error:
+        # A runtime failure of one run (e.g. out of device memory at the widest width) is data:
+        # recorded with its message, the sweep goes on, and the next `run_sweep` retries it.
+        writer.finish("failed", f"{type(error).__name__}: {error} (rerun the sweep to retry)")
+        return "failed"
