@@ -1,7 +1,7 @@
 from typer.testing import CliRunner  # noqa: E402
 
-from ntkspec.experiments import store  # noqa: E402
 from ntkspec.cli import app  # noqa: E402
+from ntkspec.experiments import store  # noqa: E402
 
 TINY = """
 name = "tiny-cli"

@@ -5,9 +5,9 @@ import pytest  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from ntkspec import data, models  # noqa: E402
+from ntkspec.estimators import kernel_alignment  # noqa: E402
 from ntkspec.experiments import train  # noqa: E402
 from ntkspec.experiments.measure import Measure  # noqa: E402
-from ntkspec.estimators import kernel_alignment  # noqa: E402
 from ntkspec.operator import ntk  # noqa: E402
 
 

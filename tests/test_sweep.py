@@ -257,3 +257,38 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
     for name, arrays in expected.items():
         for field in ("epoch", "train_loss", "test_accuracy", "trace", "top_eigenvalues"):
             np.testing.assert_array_equal(resumed[name][field], arrays[field])
+
+
+def test_two_processes_on_the_same_runs(two_task_store, tmp_path):
+    """The same command launched twice: each run is trained by one of them, completely, once."""
+    config_path, reference, cache = two_task_store
+    config = cfg.load_config(config_path, store=str(tmp_path / "same.zarr"))
+    processes = [_spawn(config_path, config.store_path, "0/1", cache) for _ in range(2)]
+    summaries = [json.loads(_finish(process).splitlines()[-1]) for process in processes]
+    names = [run.name for run in cfg.runs(config)]
+    done = [name for summary in summaries for name in summary["done"]]
+    assert sorted(done) == sorted(names)  # every run trained, none twice
+    for summary in summaries:  # each says what it did and what it left
+        assert sorted(summary["done"] + summary["skipped"] + summary["busy"]) == sorted(names)
+    resumed = _check_complete(config.store_path, config)
+    expected = _check_complete(reference, config)
+    for name, arrays in expected.items():
+        np.testing.assert_array_equal(resumed[name]["trace"], arrays["trace"])
+
+
+def test_corrupt_finished_run_is_named_and_rerun(tiny_config, tmp_path):
+    config = cfg.load_config(tiny_config, seeds=2, store=str(tmp_path / "c.zarr"))
+    sweep.run_sweep(config)
+    before = {run.name: store.read_run(config.store_path, run.name)[1] for run in cfg.runs(config)}
+    chunk = config.store_path / "w8_s1" / "test_loss" / "c" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-6] ^= 0xFF
+    chunk.write_bytes(bytes(data))
+    with pytest.raises(store.CorruptRunError, match="run 'w8_s1': array 'test_loss'"):
+        store.read_run(config.store_path, "w8_s1")
+    summary = sweep.run_sweep(config)
+    assert summary.corrupt == ("w8_s1",) and summary.done == ("w8_s1",) and summary.skipped == ("w8_s0",)
+    after = _check_complete(config.store_path, config)
+    for name, arrays in before.items():  # the rerun reproduces it; nothing else changed
+        for field in ("epoch", "train_loss", "test_loss", "trace", "top_eigenvalues"):
+            np.testing.assert_array_equal(after[name][field], arrays[field])

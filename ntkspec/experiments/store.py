@@ -271,6 +271,9 @@ def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
             f"run {name!r}: metadata unreadable ({type(error).__name__}: {error})"
         ) from error
     keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
+    lost = sorted({"epoch", "method", *SCALAR_FIELDS, *VECTOR_FIELDS} - {f for f, _ in members})
+    if keys is not None and lost:
+        raise CorruptRunError(f"run {name!r}: array {lost[0]!r} is missing; rerun the sweep")
     n = int(attrs.get("n_records", 0))
     arrays = {}
     for field, array in members:
