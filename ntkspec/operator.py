@@ -79,11 +79,13 @@ class NTKOperator:
         k = _dense(self, path)
         return k if self.scale is None else self.scale[:, None] * k * self.scale[None, :]
 
-    def normalized(self) -> NTKOperator:
-        """The cosine NTK D^{-1/2} K D^{-1/2} (rows with D = 0, dead outputs, are set to zero)."""
+    def normalized(self, diagonal: jax.Array | None = None) -> NTKOperator:
+        """The cosine NTK D^{-1/2} K D^{-1/2} (rows with D = 0, dead outputs, are set to zero);
+        `diagonal`, if given, is D = diag K, already computed."""
         if self.scale is not None:
             return self
-        return dataclasses.replace(self, scale=cosine_scale(_diagonal(self)))
+        d = _diagonal(self) if diagonal is None else diagonal
+        return dataclasses.replace(self, scale=cosine_scale(d))
 
 
 def cosine_scale(d: jax.Array) -> jax.Array:

@@ -129,10 +129,10 @@ def exact_cost(n: int) -> float:
     return FORM_MATVECS_PER_ROW * n + EIGH_MATVECS_AT_1000_ROWS * (n / 1000) ** 3
 
 
-def _stochastic(op, key, budget: int, top_k: int, reason: str) -> Spectrum:
+def _stochastic(op, key, budget: int, top_k: int, reason: str, diagonal=None) -> Spectrum:
     start = time.perf_counter()
     n = op.shape[0]
-    diagonal = jnp.asarray(op.diagonal())
+    diagonal = jnp.asarray(op.diagonal() if diagonal is None else diagonal)
     trace = jnp.sum(diagonal.astype(jax.dtypes.canonicalize_dtype(jnp.float64)))
     settings = {"budget": budget, "top_k": min(top_k, n)}
     run = _krylov_spectrum_jit if _is_pytree(op) else krylov_spectrum
@@ -223,9 +223,12 @@ def spectra(
         return _exact(as_operator(kernel), top_k, reason), _exact(as_operator(cosine), top_k, reason)
     raw_key, cosine_key = jax.random.split(_require_key(key, reason))
     top_k = DEFAULT_TOP_K if top_k is None else top_k
+    # diag K is formed once: the cosine kernel's diagonal is 1, or 0 for dead outputs.
+    diagonal = jnp.asarray(op.diagonal())
+    cosine_diagonal = (diagonal > 0).astype(diagonal.dtype)
     return (
-        _stochastic(op, raw_key, budget, top_k, reason),
-        _stochastic(op.normalized(), cosine_key, budget, top_k, reason),
+        _stochastic(op, raw_key, budget, top_k, reason, diagonal),
+        _stochastic(op.normalized(diagonal), cosine_key, budget, top_k, reason, cosine_diagonal),
     )
 
 

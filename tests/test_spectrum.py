@@ -113,3 +113,30 @@ def test_spectra_share_one_kernel_and_match_spectrum():
         assert got.entropy == pytest.approx(want.entropy, rel=1e-10)
         np.testing.assert_allclose(got.eigenvalues, want.eigenvalues, rtol=1e-8, atol=1e-12)
     assert cosine.trace == pytest.approx(op.shape[0], rel=1e-10)
+
+
+def test_stochastic_spectra_form_the_diagonal_once_and_match_spectrum(monkeypatch):
+    from flax import nnx
+    from reference_models import NNX_MODELS, inputs
+
+    import ntkspec
+    from ntkspec import operator
+
+    op = ntkspec.ntk(
+        NNX_MODELS["relu_mlp"](nnx.Rngs(1), dtype=jnp.float64), inputs("relu_mlp", 1, 100, jnp.float64)
+    )
+    key = jax.random.key(3)
+    raw_key, cosine_key = jax.random.split(key)
+    want = (
+        ntkspec.spectrum(op, "stochastic", key=raw_key, top_k=3),
+        ntkspec.spectrum(op.normalized(), "stochastic", key=cosine_key, top_k=3),
+    )
+    calls = []
+    real = operator._diagonal
+    monkeypatch.setattr(operator, "_diagonal", lambda o: calls.append(1) or real(o))
+    got = ntkspec.spectra(op, "stochastic", key=key, top_k=3)
+    assert len(calls) == 1  # diag K once, for the trace and the cosine scaling
+    for g, w in zip(got, want, strict=True):
+        assert g.trace == pytest.approx(w.trace, rel=1e-12)
+        assert g.entropy == pytest.approx(w.entropy, rel=1e-8)
+        np.testing.assert_allclose(g.eigenvalues, w.eigenvalues, rtol=1e-8)

@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from ntkspec._errors import bad_value, describe
+from ntkspec.operator import cosine_scale
 
 
 @jax.tree_util.register_dataclass
@@ -36,10 +37,10 @@ class DenseOperator:
     def dense(self) -> jax.Array:
         return self.matrix
 
-    def normalized(self) -> DenseOperator:
-        """The cosine kernel D^{-1/2} K D^{-1/2}, D = diag K (zero diagonal entries left at 0)."""
-        d = self.diagonal()
-        scale = jnp.where(d > 0, 1.0 / jnp.sqrt(jnp.where(d > 0, d, 1.0)), 0.0)
+    def normalized(self, diagonal: jax.Array | None = None) -> DenseOperator:
+        """The cosine kernel D^{-1/2} K D^{-1/2}, D = diag K (zero diagonal entries left at 0);
+        `diagonal`, if given, is D, already computed."""
+        scale = cosine_scale(self.diagonal() if diagonal is None else diagonal)
         return DenseOperator(self.matrix * scale[:, None] * scale[None, :])
 
 
