@@ -127,13 +127,13 @@ def _found(analysis) -> str:
 
 
 def rich(analysis, width: int | None = None, wide: bool = False):
-    """Rich renderable: the table (wrapped to `width` unless `wide`), then the notes as Markdown."""
+    """Rich renderable: the table (wrapped to `width` unless `wide`), then the notes as text."""
     from rich.console import Group
-    from rich.markdown import Markdown
+    from rich.text import Text
 
     title = f"{analysis.sweep.path.name}: {analysis.sweep.kind} sweep, {len(analysis.runs)} runs"
-    notes = markdown(analysis).split("\n\n", 1)[1]
-    return Group(analysis.table.to_rich(title=title, width=None if wide else width), Markdown(notes))
+    notes = markdown(analysis).split("\n\n", 1)[1]  # plain text: wraps, never cropped
+    return Group(analysis.table.to_rich(title=title, width=None if wide else width), Text(notes))
 
 
 def as_dict(analysis) -> dict[str, Any]:
