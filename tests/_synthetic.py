@@ -1,4 +1,5 @@
-"""A synthetic sweep store (Zarr v3, the layout `ntkspec.store` writes) with known scaling laws.
+"""A synthetic sweep store (Zarr v3, the layout written before checksums: a store made before them)
+with known scaling laws.
 
 Width (or data size) w, seed s: min test loss = 2 w^-1/2, trace ratio = 1.5 min(1, (w / w*)^-0.7),
 effective rank at the minimum = 4 min(w, w*)^0.5, with w* = `transition`; multiplicative log-normal
