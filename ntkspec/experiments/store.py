@@ -426,6 +426,9 @@ def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
                     dtype=object if text else np.float64,
                 )
             per_record[field][cell][: array.shape[0]] = array
+    for key, value in per_run.items():  # integer attributes stay integers where every run has them
+        if value.dtype == np.float64 and np.all(np.isfinite(value)) and np.all(value == np.round(value)):
+            per_run[key] = value.astype(np.int64)
     dims = (swept.dim, "seed", "record", "k")
     data = {key: (dims[:2], value) for key, value in per_run.items()}
     for field, array in per_record.items():
