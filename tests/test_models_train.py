@@ -63,7 +63,7 @@ def test_train_records_and_learns(tiny_split, key):
         tiny_split,
         train.make_optimizer("adam", 1e-2),
         [0, 5, 40],
-        Measure(tiny_split.x_ntk, key, top_k=3),
+        Measure(tiny_split, key, top_k=3),
         recorder=records.append,
     )
     assert result.status == "complete" and result.n_records == 3
@@ -87,7 +87,7 @@ def test_divergence_is_a_status_not_an_exception(tiny_split, key):
         tiny_split,
         train.make_optimizer("sgd", 1e30),
         [0, 10, 20],
-        Measure(tiny_split.x_ntk, key, top_k=3),
+        Measure(tiny_split, key, top_k=3),
         recorder=records.append,
     )
     assert result.status == "diverged"
@@ -103,7 +103,7 @@ def test_top_eigenvalues_padded_when_kernel_is_small(tiny_split, key):
         tiny_split,
         train.make_optimizer("adam", 1e-3),
         [0],
-        Measure(tiny_split.x_ntk, key, top_k=50),
+        Measure(tiny_split, key, top_k=50),
         recorder=records.append,
     )
     top = records[0].top_eigenvalues
@@ -119,7 +119,7 @@ def test_train_records_how_far_the_kernel_moved(tiny_split, key, method):
         tiny_split,
         train.make_optimizer("adam", 1e-2),
         [0, 40],
-        Measure(tiny_split.x_ntk, key, top_k=3, method=method),
+        Measure(tiny_split, key, top_k=3, method=method),
         recorder=records.append,
     )
     first, last = records

@@ -43,8 +43,17 @@ class SweepConfig:
     seeds : number of seeds, 0 .. seeds - 1.
     n_train, n_ntk, n_test : training samples, NTK batch size, test-set cap (None: all the rest).
     noise_fraction, noise_std : noisy-copy replacement for kinds other than "noise".
-    optimizer, lr, b1, momentum : full-batch Adam (b1) or SGD (momentum).
-    epochs, n_records, spacing : training length and recording schedule (`train.record_epochs`).
+    optimizer, lr, b1, momentum : full-batch Adam (b1) or SGD (momentum); `lr = "calibrate"` picks a
+        learning rate per swept value by the reference study's rule (see `sweep.calibrate`).
+    epochs, n_records, spacing : the longest training and the recording schedule
+        (`train.record_epochs`).
+    min_epoch_window : [lower, upper] epochs between which the minimum test loss must fall for a
+        calibrated learning rate (the study: 400 and 1000).
+    patience : stop training this many epochs past the lowest test loss so far (None: train to
+        `epochs`).
+    eval_every : epochs between two evaluations of the test loss and the trace (the minimum is then
+        pinned to the epoch by a replay).
+    pilot_runs : most pilot trainings a calibration may spend per swept value.
     top_k, method : top eigenvalues kept per record, spectrum method.
     dtype : parameter and input dtype.
     store : store path (default "runs/{name}.zarr").
@@ -68,10 +77,14 @@ class SweepConfig:
     noise_fraction: float = 0.0
     noise_std: float = 0.01
     optimizer: str = "adam"
-    lr: float = 1e-3
+    lr: float | str = 1e-3
     b1: float = 0.9
     momentum: float = 0.9
     epochs: int = 1000
+    min_epoch_window: tuple[int, ...] = (400, 1000)
+    patience: int | None = None
+    eval_every: int = 10
+    pilot_runs: int = 8
     n_records: int = 20
     spacing: str = "log"
     top_k: int = 10
@@ -122,9 +135,28 @@ class SweepConfig:
             raise bad_value("n_test", self.n_test, "a positive integer (or leave it out: all)")
         if not self.name or any(c in self.name for c in "/\\"):
             raise bad_value("name", repr(self.name), "a non-empty name without slashes")
+        if isinstance(self.lr, str) and self.lr != "calibrate":
+            raise bad_value("lr", f"{self.lr!r} (str)", "a value of type float, or the string 'calibrate'")
         for name in ("lr", "noise_std"):
-            if not getattr(self, name) > 0:
+            if not isinstance(getattr(self, name), str) and not getattr(self, name) > 0:
                 raise bad_value(name, getattr(self, name), "a positive number")
+        window = self.min_epoch_window
+        if len(window) != 2 or not 0 <= window[0] < window[1]:
+            raise bad_value("min_epoch_window", list(window), "[lower, upper] with 0 <= lower < upper")
+        if self.lr == "calibrate" and self.epochs < window[1]:
+            raise bad_value(
+                "epochs",
+                self.epochs,
+                f"at least the window's upper end {window[1]} with lr = 'calibrate'",
+                "Raise epochs (the cap), or lower min_epoch_window.",
+            )
+        if self.patience is not None and self.patience < 0:
+            raise bad_value(
+                "patience", self.patience, "a non-negative integer (or leave it out: no early stop)"
+            )
+        for name in ("eval_every", "pilot_runs"):
+            if getattr(self, name) < 1:
+                raise bad_value(name, getattr(self, name), "a positive integer")
         for name in ("b1", "momentum", "noise_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise bad_value(name, getattr(self, name), "a number in [0, 1)")
@@ -184,7 +216,11 @@ def _coerce(name: str, hint: object, value: object) -> object:
     if optional and value is None:
         return None
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        hint = next(a for a in args if a is not type(None))
+        choices = [a for a in args if a is not type(None)]
+        for choice in choices[1:]:  # e.g. lr: float | str takes a number or a word
+            if isinstance(value, choice) and not isinstance(value, bool):
+                return value
+        hint = choices[0]
     origin = typing.get_origin(hint)
     if origin is tuple:
         item = typing.get_args(hint)[0]
@@ -248,8 +284,14 @@ class Run:
         """
         return run_keys(self.seed)
 
-    def attrs(self, config: SweepConfig) -> dict:
-        """The run's attributes (`records.RUN_FIELDS`), as stored beside its records."""
+    @property
+    def point(self) -> str:
+        """The swept value's label shared by its seeds: `w64` for `w64_s0`."""
+        return self.name.rsplit("_s", 1)[0]
+
+    def attrs(self, config: SweepConfig, lr: float | None = None) -> dict:
+        """The run's attributes (`records.RUN_FIELDS`), as stored beside its records; `lr` is the
+        learning rate it trains with (the config's, or the calibrated one)."""
         values = {
             "kind": config.kind,
             "width": self.width,
@@ -261,7 +303,7 @@ class Run:
             "n_train": self.n_train,
             "n_ntk": config.n_ntk,
             "noise_fraction": self.noise_fraction,
-            "lr": config.lr,
+            "lr": config.lr if lr is None else lr,
         }
         return {name: values[name] for name in RUN_FIELDS}
 

@@ -1,11 +1,14 @@
-"""The measurement of one recording epoch: operator -> spectra -> alignment -> `Record`.
+"""The measurement of one recording epoch: operator -> spectra -> alignments -> `Record`.
 
 At each recording epoch the NTK of the current network on the held-out NTK batch is built once
 (`ntkspec.ntk`); when the spectrum is exact, K is formed once and serves the raw spectrum, the cosine
-spectrum D^-1/2 K D^-1/2 and the alignment A(K₀, K) = ⟨K₀, K⟩_F / (‖K₀‖_F ‖K‖_F) with the first record's
-kernel K₀ (the initialisation; 1 − A is how far the kernel has moved, Fort et al. 2020). Otherwise the
-spectra are stochastic (`ntkspec.spectra`, diag K formed once) and A is matrix-free with
-`ALIGNMENT_MATVECS` products per kernel and its standard error.
+spectrum D^-1/2 K D^-1/2, the alignment A(K₀, K) = ⟨K₀, K⟩_F / (‖K₀‖_F ‖K‖_F) with the first record's
+kernel K₀ (the initialisation; 1 − A is how far the kernel has moved, Fort et al. 2020), the label
+alignment A(K, yyᵀ) (Cristianini et al. 2001; the reference study's eq. 16) and the top-r eigenvectors
+whose rotation between consecutive records is the study's eq. 17. Otherwise the spectra are
+stochastic (`ntkspec.spectra`, diag K formed once), the alignments matrix-free with
+`ALIGNMENT_MATVECS` products per kernel and their standard errors, and the eigenvectors the Ritz
+vectors of thick-restarted block Lanczos (`ntkspec.estimators.top_eigenpairs`).
 """
 
 from __future__ import annotations
@@ -15,12 +18,23 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import scipy.linalg
 from flax import nnx
 from jax.sharding import Mesh
 
 from ntkspec import data, models
 from ntkspec._typing import Key
-from ntkspec.estimators import DenseOperator, as_operator, kernel_alignment, kernel_alignment_stochastic
+from ntkspec.estimators import (
+    DenseOperator,
+    as_operator,
+    kernel_alignment,
+    kernel_alignment_stochastic,
+    kernel_target_alignment,
+    kernel_target_alignment_stochastic,
+    one_hot_targets,
+    principal_angles,
+    top_eigenpairs,
+)
 from ntkspec.experiments.config import SweepConfig, run_keys
 from ntkspec.experiments.records import Record
 from ntkspec.operator import ntk
@@ -29,10 +43,16 @@ from ntkspec.spectrum import Spectrum, choose_method, spectra
 #: Matvecs per kernel of the matrix-free alignment with K₀ (about 0.1-1 % error on NTKs; see
 #: tests/test_estimators_alignment.py).
 ALIGNMENT_MATVECS = 100
+#: Least matvecs for the stochastic top-r eigenvectors of the rotation (4 r when r is larger).
+EIGENVECTOR_MATVECS = 400
 
 # One compiled program per operator structure (the operators are pytree arguments): faster than
 # eager dispatch, and on a mesh its collectives run inside one program.
 _alignment_stochastic = jax.jit(kernel_alignment_stochastic, static_argnames=("num_matvecs", "n", "dtype"))
+_label_alignment_stochastic = jax.jit(
+    kernel_target_alignment_stochastic, static_argnames=("num_matvecs", "n", "dtype")
+)
+_top_eigenpairs = jax.jit(top_eigenpairs, static_argnames=("k", "block_size", "budget", "max_basis", "tol"))
 
 
 def _pad(values: np.ndarray, k: int) -> np.ndarray:
@@ -47,22 +67,29 @@ class Measure:
 
     Parameters
     ----------
-    x_ntk : the NTK batch (held out from training).
+    split : the run's samples: the NTK batch (`x_ntk`, held out from training), its labels and the
+        number of classes C.
     key : PRNG key of the stochastic estimators, folded with the epoch at each record.
     top_k : top eigenvalues kept per record.
     method : spectrum method ("auto", "exact" or "stochastic"), as for `ntkspec.spectra`.
     mesh : a ("data", "model") mesh for the operator (see `ntkspec.ntk`).
 
-    The first call's kernel is kept as K₀ for the alignment of every later record.
+    The first call's kernel is kept as K₀ for the alignment of every later record, and each call's
+    top eigenvectors for the rotation at the next one. A call with `consecutive=False` (the
+    measurement at the minimum test loss, between two records) uses them without replacing them.
     """
 
-    def __init__(self, x_ntk, key: Key, *, top_k: int = 10, method: str = "auto", mesh: Mesh | None = None):
-        self.x_ntk = jnp.asarray(x_ntk)
+    def __init__(
+        self, split: data.Split, key: Key, *, top_k: int = 10, method: str = "auto", mesh: Mesh | None = None
+    ):
+        self.x_ntk = jnp.asarray(split.x_ntk)
+        self.targets = one_hot_targets(np.asarray(split.y_ntk), split.num_classes)
         self.key = key
         self.top_k = top_k
         self.method = method
         self.mesh = mesh
         self.first = None
+        self.vectors = None  # top eigenvectors of the last consecutive record
 
     def operator(self, model: nnx.Module):
         """The NTK of `model` on the NTK batch, as a dense operator when the spectrum will be exact."""
@@ -73,13 +100,33 @@ class Measure:
         """Spectra of K and of its cosine kernel, with this record's probe key."""
         return spectra(op, method=self.method, key=jax.random.fold_in(self.key, epoch), top_k=self.top_k)
 
-    def __call__(self, model: nnx.Module, epoch: int, metrics: dict[str, float]) -> Record:
+    def trace(self, model: nnx.Module) -> float:
+        """tr K of `model` on the NTK batch, from its exact diagonal (per-layer norms where structured)."""
+        diagonal = ntk(model, self.x_ntk, mesh=self.mesh).diagonal()
+        return float(jnp.sum(diagonal.astype(jax.dtypes.canonicalize_dtype(jnp.float64))))
+
+    def __call__(
+        self, model: nnx.Module, epoch: int, metrics: dict[str, float], *, consecutive: bool = True
+    ) -> Record:
         """The `Record` of `model` at `epoch`, given its losses and accuracies (`records.METRIC_FIELDS`)."""
         start = time.perf_counter()
         op = self.operator(model)
         raw, cosine = self.spectra(op, epoch)
         self.first = op if self.first is None else self.first
-        alignment = self._alignment(op, jax.random.fold_in(jax.random.fold_in(self.key, epoch), 1))
+        key = jax.random.fold_in(self.key, epoch)
+        alignment = self._alignment(op, jax.random.fold_in(key, 1))
+        label = self._label_alignment(op, jax.random.fold_in(key, 2))
+        rank = max(1, round(raw.effective_rank))
+        previous = self.vectors
+        keep = rank if previous is None else max(rank, previous.shape[1])
+        vectors = self._eigenvectors(op, min(keep, op.shape[0]), jax.random.fold_in(key, 3))
+        rotation = (
+            np.nan
+            if previous is None
+            else 1.0 - float(principal_angles(previous, vectors[:, : previous.shape[1]]).overlap)
+        )
+        if consecutive:
+            self.vectors = vectors[:, :rank]
         return Record(
             epoch=epoch,
             **metrics,
@@ -97,6 +144,9 @@ class Measure:
             cosine_top_eigenvalues=_pad(cosine.eigenvalues, self.top_k),
             init_alignment=alignment[0],
             init_alignment_stderr=alignment[1],
+            label_alignment=label[0],
+            label_alignment_stderr=label[1],
+            eigenvector_rotation=rotation,
             method=raw.method,
             spectrum_seconds=time.perf_counter() - start,
         )
@@ -108,6 +158,24 @@ class Measure:
         else:
             result = _alignment_stochastic(self.first, op, key, num_matvecs=ALIGNMENT_MATVECS)
         return float(result.value), float(result.stderr)
+
+    def _label_alignment(self, op, key: Key) -> tuple[float, float]:
+        """A(K, yyᵀ) and its standard error: exact for a dense kernel, else matrix-free."""
+        if isinstance(op, DenseOperator):
+            result = kernel_target_alignment(op.dense(), self.targets)
+        else:
+            result = _label_alignment_stochastic(op, self.targets, key, num_matvecs=ALIGNMENT_MATVECS)
+        return float(result.value), float(result.stderr)
+
+    def _eigenvectors(self, op, r: int, key: Key) -> np.ndarray:
+        """The top-r eigenvectors of K (n, r), descending: `eigh` of the dense kernel, else Ritz vectors."""
+        if isinstance(op, DenseOperator):
+            n = op.shape[0]
+            kernel = np.asarray(op.dense(), dtype=np.float64)
+            _, vectors = scipy.linalg.eigh(kernel, subset_by_index=[n - r, n - 1], driver="evr")
+            return vectors[:, ::-1]
+        budget = max(EIGENVECTOR_MATVECS, 4 * r)
+        return np.asarray(_top_eigenpairs(op, key, k=r, budget=budget).vectors)
 
 
 def init_spectrum(config: SweepConfig, width: int, seed: int = 0, mesh: Mesh | None = None):
@@ -135,5 +203,5 @@ def init_spectrum(config: SweepConfig, width: int, seed: int = 0, mesh: Mesh | N
         depth=config.depth,
         param_dtype=jnp.dtype(config.dtype),
     )
-    measure = Measure(split.x_ntk, k_spectrum, top_k=config.top_k, method=config.method, mesh=mesh)
+    measure = Measure(split, k_spectrum, top_k=config.top_k, method=config.method, mesh=mesh)
     return measure.spectra(measure.operator(net), 0)

@@ -21,6 +21,11 @@ class Record:
     `top_eigenvalues` has exactly `top_k` entries, NaN-padded when the kernel has fewer eigenvalues.
     `method` is the spectrum method used for the raw kernel ("exact" or "stochastic").
     `init_alignment` is A(K₀, K) = ⟨K₀, K⟩_F / (‖K₀‖_F ‖K‖_F) with the run's first record's kernel.
+    `label_alignment` is A(K, yyᵀ) = yᵀKy / (‖K‖_F ‖y‖²) with the one-hot labels y of the NTK batch
+    (sample-major; the reference study's eq. 16). `eigenvector_rotation` is 1 − ‖U_rᵀ U'_r‖_F² / r, the
+    misalignment of the top-r eigenvectors U'_r of K with those U_r of the record before (r = the
+    effective rank there, rounded; the study's eq. 17): 0 for the same subspace, 1 for orthogonal
+    ones, NaN at the first record.
     """
 
     epoch: int
@@ -42,6 +47,9 @@ class Record:
     cosine_top_eigenvalues: np.ndarray
     init_alignment: float
     init_alignment_stderr: float
+    label_alignment: float
+    label_alignment_stderr: float
+    eigenvector_rotation: float
     method: str
     spectrum_seconds: float
 
@@ -58,8 +66,9 @@ VECTOR_FIELDS = ("top_eigenvalues", "cosine_top_eigenvalues")
 METRIC_FIELDS = ("train_loss", "test_loss", "train_accuracy", "test_accuracy")
 
 #: Run statuses. A sweep skips finished runs; "running" (killed) and "failed" runs are redone.
-STATUSES = ("running", "complete", "diverged", "failed")
-FINISHED = ("complete", "diverged")
+#: "uncalibrated": no learning rate of the pilots put the minimum test loss in the window.
+STATUSES = ("running", "complete", "diverged", "failed", "uncalibrated")
+FINISHED = ("complete", "diverged", "uncalibrated")
 #: Per-run attributes (besides status, message, n_records), from the config and the run.
 RUN_FIELDS = (
     "kind",

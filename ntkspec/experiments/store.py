@@ -58,6 +58,7 @@ _CHUNK = 256
 _COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "zarr", "xarray")
 _LOCKS = ".locks"
+_CALIBRATION = "_calibration"  # one subgroup per swept value: its learning-rate calibration
 #: Runs written with checksums and every chunk stored (even all-fill ones) say `layout: 2`; earlier
 #: runs have no checksums, and a chunk of theirs that is absent may just have been all fill values.
 LAYOUT = 2
@@ -129,14 +130,15 @@ def open_store(
 
 
 @contextlib.contextmanager
-def claim(path: str | Path, name: str) -> Iterator[bool]:
-    """Own run `name` of the store at `path` for the block: yields False if another process holds it.
+def claim(path: str | Path, name: str, *, wait: bool = False) -> Iterator[bool]:
+    """Own `name` (a run, or a calibration) of the store at `path` for the block: yields False if
+    another process holds it, or, with `wait`, waits until it is free.
 
     The lock is an OS file lock (`filelock`), released when the block ends or the process dies.
     """
     lock = _lock(Path(path), name)
     try:
-        lock.acquire(timeout=0)
+        lock.acquire(timeout=-1 if wait else 0)
     except filelock.Timeout:
         yield False
         return
@@ -171,22 +173,64 @@ def list_runs(path: str | Path) -> list[str]:
     """Names of the run groups in the store at `path` (sorted)."""
     path = Path(path)
     if zipfile.is_zipfile(path):
-        return sorted(
+        names = [
             key.split("/")[0] for key in _keys(path) if key.count("/") == 1 and key.endswith("/zarr.json")
-        )
-    return sorted(p.parent.name for p in path.glob("*/zarr.json"))
+        ]
+    else:
+        names = [p.parent.name for p in path.glob("*/zarr.json")]
+    return sorted(name for name in names if not name.startswith("_"))  # "_calibration" is no run
+
+
+class _Records:
+    """The record arrays of one group (a run's records, or its one record at the minimum)."""
+
+    def __init__(self, group: zarr.Group, top_k: int):
+        self.group = group
+        self.written: dict[str, list] = {}
+        self.arrays = {"epoch": _create(group, "epoch", (0,), "int64")}
+        self.arrays |= {field: _create(group, field, (0,), "float64") for field in SCALAR_FIELDS}
+        self.arrays["method"] = _create(group, "method", (0,), str)
+        self.arrays |= {field: _create(group, field, (0, top_k), "float64") for field in VECTOR_FIELDS}
+
+    def append(self, record: Record) -> int:
+        """Write `record` at the next index of every array; the number of records now."""
+        r = len(self.written.get("epoch", []))
+        for field, array in self.arrays.items():
+            value = getattr(record, field)
+            array.resize((r + 1, *array.shape[1:]))
+            array[r] = value
+            self.written.setdefault(field, []).append(value)
+        return r + 1
+
+
+def _create(group: zarr.Group, field: str, shape: tuple[int, ...], dtype, dims=("record", "k")) -> zarr.Array:
+    fill = {"int64": 0, "float64": np.nan}.get(dtype, "")
+    return group.create_array(
+        field,
+        shape=shape,
+        chunks=(_CHUNK, *shape[1:]),
+        dtype=dtype,
+        fill_value=fill,
+        compressors=_COMPRESSORS,
+        config={"write_empty_chunks": True},  # every chunk on disk, so a missing one is a loss
+        dimension_names=list(dims[: len(shape)]),
+    )
 
 
 class RunWriter:
-    """Writes one run: `append` records, then `finish` with the final status.
+    """Writes one run: `append` records, `outcome` (the minimum and the trajectory), then `finish`.
 
     Creating a writer deletes whatever an earlier, incomplete attempt left under the run's name; the
-    caller must own the run (`claim`).
+    caller must own the run (`claim`). Besides its records, a run holds two subgroups: `at_min`, the
+    one record measured at the epoch of the minimum test loss, and `trajectory`, the losses and the
+    trace every few epochs (dimension `step`); the run's attributes say `min_test_loss_epoch`,
+    `min_test_loss` and `stopped_epoch`.
     """
 
     def __init__(self, root: zarr.Group, name: str, attrs: dict, top_k: int):
         self.path = Path(str(root.store.root)) / root.path
         self.name = name
+        self.top_k = top_k
         shutil.rmtree(self.path / name, ignore_errors=True)
         self.group = root.create_group(
             name,
@@ -194,60 +238,69 @@ class RunWriter:
                 {**attrs, "status": "running", "message": "", "n_records": 0, "layout": LAYOUT}
             ),
         )
-        self.written: dict[str, list] = {}
-        self.arrays = {}
-        for field in ("epoch", *SCALAR_FIELDS):
-            self.arrays[field] = self._create(field, (0,), "int64" if field == "epoch" else "float64")
-        self.arrays["method"] = self._create("method", (0,), str)
-        for field in VECTOR_FIELDS:
-            self.arrays[field] = self._create(field, (0, top_k), "float64")
-
-    def _create(self, field: str, shape: tuple[int, ...], dtype) -> zarr.Array:
-        fill = {"int64": 0, "float64": np.nan}.get(dtype, "")
-        return self.group.create_array(
-            field,
-            shape=shape,
-            chunks=(_CHUNK, *shape[1:]),
-            dtype=dtype,
-            fill_value=fill,
-            compressors=_COMPRESSORS,
-            config={"write_empty_chunks": True},  # every chunk on disk, so a missing one is a loss
-            dimension_names=["record", "k"][: len(shape)],
-        )
+        self.records = _Records(self.group, top_k)
+        self.minimum: _Records | None = None
+        self.trajectory: dict[str, np.ndarray] = {}
 
     @property
     def n_records(self) -> int:
-        return len(self.written.get("epoch", []))
+        return len(self.records.written.get("epoch", []))
 
     def append(self, record: Record) -> None:
         """Write `record` at index n_records in every array, then bump `n_records` (last)."""
-        r = self.n_records
-        for field, array in self.arrays.items():
-            value = getattr(record, field)
-            array.resize((r + 1, *array.shape[1:]))
-            array[r] = value
-            self.written.setdefault(field, []).append(value)
-        self.group.update_attributes({"n_records": r + 1})
+        self.group.update_attributes({"n_records": self.records.append(record)})
+
+    def outcome(
+        self, min_epoch: int, min_test_loss: float, stopped: int, minimum: Record | None, trajectory: dict
+    ) -> None:
+        """Write the record at the minimum test loss, the trajectory and their attributes."""
+        if minimum is not None:
+            self.minimum = _Records(self.group.create_group("at_min"), self.top_k)
+            self.minimum.append(minimum)
+        group = self.group.create_group(
+            "trajectory", attributes={"n_steps": len(trajectory.get("epoch", []))}
+        )
+        for field, values in trajectory.items():
+            values = np.asarray(values)
+            _create(group, field, values.shape, str(values.dtype), dims=("step",))[:] = values
+        self.trajectory = {field: np.asarray(values) for field, values in trajectory.items()}
+        self.group.update_attributes(
+            {
+                "min_test_loss_epoch": int(min_epoch),
+                "min_test_loss": float(min_test_loss),
+                "stopped_epoch": int(stopped),
+            }
+        )
 
     def finish(self, status: str, message: str = "") -> None:
-        """Mark the run `status` ("complete", "diverged" or "failed") with `message`: its last write.
+        """Mark the run `status` (a finished one, or "failed") with `message`: its last write.
 
-        A finished status is written only once every record reads back equal to what was written;
+        A finished status is written only once every array reads back equal to what was written;
         otherwise `CorruptRunError` is raised and the run stays unfinished.
         """
         if status not in STATUSES[1:]:
             raise bad_value("status", repr(status), f"one of {STATUSES[1:]}")
         if status in FINISHED:
             attrs, arrays = read_run(self.path, self.name)
-            for field, values in self.written.items():
-                expected = np.asarray(values)
-                if arrays[field].shape != expected.shape or not np.array_equal(
-                    arrays[field], expected, equal_nan=expected.dtype.kind == "f"
-                ):
-                    raise CorruptRunError(
-                        f"run {self.name!r}: array {field!r} did not read back as written; "
-                        "check the disk, then rerun the sweep"
-                    )
+            parts = read_parts(self.path, self.name)
+            written = {
+                "": (arrays, self.records.written),
+                "at_min/": (parts.get("at_min", {}), self.minimum.written if self.minimum else {}),
+                "trajectory/": (parts.get("trajectory", {}), self.trajectory),
+            }
+            for prefix, (stored, expected_arrays) in written.items():
+                for field, values in expected_arrays.items():
+                    expected = np.asarray(values)
+                    got = stored.get(field)
+                    if (
+                        got is None
+                        or got.shape != expected.shape
+                        or not np.array_equal(got, expected, equal_nan=expected.dtype.kind == "f")
+                    ):
+                        raise CorruptRunError(
+                            f"run {self.name!r}: array {prefix + field!r} did not read back as written; "
+                            "check the disk, then rerun the sweep"
+                        )
             if attrs["n_records"] != self.n_records:
                 raise CorruptRunError(
                     f"run {self.name!r}: {attrs['n_records']} records stored, not {self.n_records}"
@@ -255,36 +308,66 @@ class RunWriter:
         self.group.update_attributes({"status": status, "message": message})
 
 
+_RECORD_ARRAYS = frozenset({"epoch", "method", *SCALAR_FIELDS, *VECTOR_FIELDS})
+
+
 def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """Attributes and arrays (first `n_records` records only) of run `name` in the store at `path`.
+    """Attributes and record arrays (first `n_records` records only) of run `name` at `path`.
 
     Raises `CorruptRunError`, naming the run and the array, when its metadata cannot be read, a chunk
     fails its checksum or does not decompress, or a chunk holding valid records is missing.
     """
     path = Path(path)
+    attrs, members = _open(path, name, name)
+    keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
+    required = _RECORD_ARRAYS if keys is not None else frozenset()
+    return attrs, _read_arrays(name, name, members, int(attrs.get("n_records", 0)), keys, required)
+
+
+def read_parts(path: str | Path, name: str) -> dict[str, dict[str, np.ndarray]]:
+    """The `at_min` record and the `trajectory` of run `name` (those it has), checked like `read_run`."""
+    path = Path(path)
+    attrs, _ = _open(path, name, name)
+    keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
+    parts = {}
+    for part in ("at_min", "trajectory"):
+        if keys is not None and f"{name}/{part}/zarr.json" not in keys:
+            continue
+        try:
+            part_attrs, members = _open(path, f"{name}/{part}", name)
+        except CorruptRunError:
+            if keys is None:  # an older run without this part
+                continue
+            raise
+        n = int(part_attrs.get("n_steps", 1))
+        required = _RECORD_ARRAYS if part == "at_min" and keys is not None else frozenset()
+        parts[part] = _read_arrays(name, f"{name}/{part}", members, n, keys, required)
+    return parts
+
+
+def _open(path: Path, group_path: str, name: str) -> tuple[dict, list]:
     try:
-        group = zarr.open_group(_zarr_store(path), path=name, mode="r", zarr_format=3)
-        attrs = dict(group.attrs)
-        members = list(group.arrays())
+        group = zarr.open_group(_zarr_store(path), path=group_path, mode="r", zarr_format=3)
+        return dict(group.attrs), list(group.arrays())
     except (OSError, ValueError, KeyError) as error:
         raise CorruptRunError(
-            f"run {name!r}: metadata unreadable ({type(error).__name__}: {error})"
+            f"run {name!r}: metadata of {group_path!r} unreadable ({type(error).__name__}: {error})"
         ) from error
-    keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
-    lost = sorted({"epoch", "method", *SCALAR_FIELDS, *VECTOR_FIELDS} - {f for f, _ in members})
-    if keys is not None and lost:
+
+
+def _read_arrays(name: str, group_path: str, members: list, n: int, keys, required) -> dict[str, np.ndarray]:
+    """The first `n` entries of every array, each chunk checked: present (where `keys` lists the
+    store's files) and decoding (checksum)."""
+    lost = sorted(required - {field for field, _ in members})
+    if lost:
         raise CorruptRunError(f"run {name!r}: array {lost[0]!r} is missing; rerun the sweep")
-    n = int(attrs.get("n_records", 0))
     arrays = {}
     for field, array in members:
         count = min(max(n, 0), array.shape[0])
-        rows = math.ceil(count / array.chunks[0])
-        grid = [
-            range(rows),
-            *(range(math.ceil(s / c)) for s, c in zip(array.shape[1:], array.chunks[1:], strict=True)),
-        ]
-        for coords in np.ndindex(*(len(axis) for axis in grid)):
-            key = f"{name}/{field}/{array.metadata.encode_chunk_key(coords)}"
+        grid = [math.ceil(count / array.chunks[0])]
+        grid += [math.ceil(s / c) for s, c in zip(array.shape[1:], array.chunks[1:], strict=True)]
+        for coords in np.ndindex(*grid):
+            key = f"{group_path}/{field}/{array.metadata.encode_chunk_key(coords)}"
             if keys is not None and key not in keys:
                 raise CorruptRunError(
                     f"run {name!r}: array {field!r} lost its chunk {key!r}; rerun the sweep"
@@ -295,13 +378,30 @@ def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
             raise CorruptRunError(
                 f"run {name!r}: array {field!r} is corrupt ({type(error).__name__}: {error}); rerun the sweep"
             ) from error
-    return attrs, arrays
+    return arrays
+
+
+def read_calibration(path: str | Path, point: str) -> dict | None:
+    """The stored calibration of swept value `point` (e.g. "w64"), or None if there is none yet."""
+    try:
+        group = zarr.open_group(
+            _zarr_store(Path(path)), path=f"{_CALIBRATION}/{point}", mode="r", zarr_format=3
+        )
+    except (OSError, ValueError, KeyError, FileNotFoundError):
+        return None
+    return dict(group.attrs)
+
+
+def write_calibration(root: zarr.Group, point: str, result: dict) -> None:
+    """Store the calibration of `point`: status, chosen `lr`, every pilot (lr, epoch of the minimum)."""
+    root.require_group(_CALIBRATION).create_group(point, attributes=_jsonable(result), overwrite=True)
 
 
 def verify(path: str | Path, name: str) -> str | None:
     """None if run `name` reads back whole, else what is wrong with it."""
     try:
         read_run(path, name)
+        read_parts(path, name)
     except CorruptRunError as error:
         return str(error)
     return None
@@ -316,6 +416,7 @@ def pack(path: str | Path, out: str | Path | None = None) -> Path:
     out = Path(out) if out is not None else path.with_name(path.name + ".zip")
     for name in list_runs(path):
         read_run(path, name)
+        read_parts(path, name)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         for key in sorted(_keys(path)):
             if not key.startswith(_LOCKS + "/"):
@@ -334,7 +435,10 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     run's `n_records` and where a (value, seed) has no run; `epoch` is a coordinate over (value, seed,
     record). Per-run variables over (value, seed): `name`, `status` ("missing" where there is no run;
     "unreadable" where a chunk is corrupt or missing, with the reason in `message`), `message`,
-    `n_records` and the run attributes (`lr`, `depth`, `n_train`, ...). Attributes: the store's
+    `n_records`, the run attributes (`lr`, `depth`, `n_train`, `min_test_loss`, `min_test_loss_epoch`,
+    `stopped_epoch`, ...) and the record measured at the minimum test loss, `<field>_at_min` (its top
+    eigenvalues over `k`). The trajectory (losses and trace every few epochs) is `trajectory_<field>`
+    over (value, seed, `step`), with the coordinate `trajectory_epoch`. Attributes: the store's
     (`config`, `versions`, `created`, ...), `kind`, `path`, `expected_runs` (what the config asks for,
     None if it cannot say) and `unreadable` (run name -> reason, for runs that could not be placed
     because their metadata is unreadable).
@@ -357,7 +461,8 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     found, unreadable = {}, {}
     for name in list_runs(path):
         try:
-            found[name] = read_run(path, name)
+            run_attrs, records = read_run(path, name)
+            found[name] = (run_attrs, {"record": records, **read_parts(path, name)})
         except CorruptRunError as error:
             try:
                 group = zarr.open_group(_zarr_store(path), path=name, mode="r", zarr_format=3)
@@ -373,9 +478,8 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     seeds = sorted({int(a["seed"]) for a, _ in found.values()})
     data = _grid(found, swept, values, seeds)
     coords = {swept.dim: _plain(values), "seed": np.asarray(seeds, dtype=np.int64)}
-    dataset = (
-        xr.Dataset(data, coords=coords).set_coords("epoch") if "epoch" in data else xr.Dataset(coords=coords)
-    )
+    dataset = xr.Dataset(data, coords=coords)
+    dataset = dataset.set_coords([name for name in ("epoch", "trajectory_epoch") if name in data])
     dataset.attrs = {
         **attrs,
         "kind": swept.name,
@@ -393,21 +497,20 @@ def _plain(values: list[float]) -> np.ndarray:
 
 
 def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
-    """Data variables over (swept value, seed[, record[, k]]) from the runs read."""
+    """Data variables over (swept value, seed[, record or step[, k]]) from the runs read."""
     attribute, reserved = swept.attribute, {"name", "status", "message", "n_records", "seed", swept.dim}
     shape = (len(values), len(seeds))
-    length = max((int(a.get("n_records", 0)) for a, _ in found.values()), default=0)
     per_run: dict[str, np.ndarray] = {"name": np.full(shape, "", dtype=object)}
     per_run["status"] = np.full(shape, "missing", dtype=object)
     per_run["message"] = np.full(shape, "", dtype=object)
     per_run["n_records"] = np.zeros(shape, dtype=np.int64)
-    per_record: dict[str, np.ndarray] = {}
-    for name, (run_attrs, arrays) in sorted(found.items()):
+    series: dict[str, list] = {}  # variable -> [(cell, values, dims)]
+    for name, (run_attrs, parts) in sorted(found.items()):
         cell = (values.index(float(run_attrs[attribute])), seeds.index(int(run_attrs["seed"])))
         per_run["name"][cell] = name
         per_run["status"][cell] = str(run_attrs.get("status", "unknown"))
         per_run["message"][cell] = str(run_attrs.get("message", ""))
-        per_run["n_records"][cell] = int(run_attrs.get("n_records", 0)) if arrays else 0
+        per_run["n_records"][cell] = int(run_attrs.get("n_records", 0)) if parts else 0
         for key, value in run_attrs.items():
             if key in reserved or isinstance(value, list | dict) or value is None:
                 continue
@@ -417,22 +520,34 @@ def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
                     shape, np.nan if numeric else "", dtype=np.float64 if numeric else object
                 )
             per_run[key][cell] = value
-        for field, array in arrays.items():
-            if field not in per_record:
-                text = array.dtype.kind in "OUT"
-                per_record[field] = np.full(
-                    (*shape, length, *array.shape[1:]),
-                    "" if text else np.nan,
-                    dtype=object if text else np.float64,
-                )
-            per_record[field][cell][: array.shape[0]] = array
+        for part, arrays in parts.items():
+            for field, array in arrays.items():
+                if part == "record":
+                    series.setdefault(field, []).append((cell, array, ("record", "k")))
+                elif part == "at_min":
+                    series.setdefault(f"{field}_at_min", []).append((cell, array[0], ("k",)))
+                else:
+                    series.setdefault(f"trajectory_{field}", []).append((cell, array, ("step",)))
     for key, value in per_run.items():  # integer attributes stay integers where every run has them
         if value.dtype == np.float64 and np.all(np.isfinite(value)) and np.all(value == np.round(value)):
             per_run[key] = value.astype(np.int64)
-    dims = (swept.dim, "seed", "record", "k")
-    data = {key: (dims[:2], value) for key, value in per_run.items()}
-    for field, array in per_record.items():
-        data[field] = (dims[: array.ndim], array)
+    data = {key: ((swept.dim, "seed"), value) for key, value in per_run.items()}
+    lengths = {"record": 0, "step": 0}
+    for entries in series.values():
+        for _, array, dims in entries:
+            if dims[0] in lengths:
+                lengths[dims[0]] = max(lengths[dims[0]], np.shape(array)[0])
+    for variable, entries in series.items():
+        _, first, dims = entries[0]
+        first = np.asarray(first)
+        dims = dims[: first.ndim]
+        size = tuple(lengths.get(d, first.shape[i]) for i, d in enumerate(dims))
+        text = first.dtype.kind in "OUT"
+        stacked = np.full((*shape, *size), "" if text else np.nan, dtype=object if text else np.float64)
+        for cell, array, _ in entries:
+            array = np.asarray(array)
+            stacked[cell + tuple(slice(0, n) for n in array.shape)] = array
+        data[variable] = ((swept.dim, "seed", *dims), stacked)
     return data
 
 

@@ -14,6 +14,7 @@ Progress is reported through a callback; the command line draws it.
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -48,7 +49,8 @@ class SweepSummary:
     done: trained now (complete or diverged); skipped: finished before; busy: held by another process
     (left to it); diverged: of those done, the ones whose loss became non-finite; failed: runs that
     raised a runtime error (retried next time); corrupt: finished runs that no longer read back
-    (named here, and trained again).
+    (named here, and trained again). Runs whose swept value could not be calibrated count as done,
+    with status "uncalibrated".
     """
 
     store: Path
@@ -93,7 +95,6 @@ def run_sweep(
     }
     todo = [run for run in mine if store.run_status(root, run.name) not in FINISHED or run.name in corrupt]
     dataset = data.load(config.dataset, config.data_dir) if todo else None
-    optimizer = make_optimizer(config.optimizer, config.lr, b1=config.b1, momentum=config.momentum)
     epochs = record_epochs(config.epochs, config.n_records, config.spacing)
     done, skipped, busy, diverged, failed = [], [], [], [], []
     for run in mine:
@@ -114,7 +115,8 @@ def run_sweep(
                 if progress is not None:
                     progress(Progress(number, len(todo), run, rec.epoch, config.epochs))
 
-            status = _train_one(config, run, dataset, optimizer, epochs, root, record, mesh)
+            calibration = calibrate(config, run, dataset, root) if config.lr == "calibrate" else None
+            status = _train_one(config, run, dataset, epochs, root, record, mesh, calibration)
             (failed if status == "failed" else done).append(run.name)
             if status == "diverged":
                 diverged.append(run.name)
@@ -132,24 +134,34 @@ def run_sweep(
     )
 
 
-def _train_one(config, run, dataset, optimizer, epochs, root, record, mesh) -> str:
+def _train_one(config, run, dataset, epochs, root, record, mesh, calibration) -> str:
     """Train and measure one run into a fresh writer; its final status."""
-    split = run_split(config, run, dataset)
-    writer = store.RunWriter(root, run.name, run.attrs(config), config.top_k)
-    measure = Measure(split.x_ntk, run.keys()[2], top_k=config.top_k, method=config.method, mesh=mesh)
+    lr = config.lr if calibration is None else calibration["lr"]
+    writer = store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k)
+    if calibration is not None and calibration["status"] != "calibrated":
+        writer.finish("uncalibrated", calibration["message"])
+        return "uncalibrated"
     try:
+        split = run_split(config, run, dataset)
+        measure = Measure(split, run.keys()[2], top_k=config.top_k, method=config.method, mesh=mesh)
         result = train(
             run_model(config, run, split),
             split,
-            optimizer,
+            make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
             epochs,
             measure,
             recorder=lambda rec: record(rec, writer),
+            eval_every=config.eval_every,
+            patience=config.patience,
             mesh=mesh,
         )
         message = result.message
         if result.status == "diverged":
-            message += f" (optimizer {config.optimizer}, lr {config.lr:g})"
+            message += f" (optimizer {config.optimizer}, lr {lr:g})"
+        else:
+            writer.outcome(
+                result.min_epoch, result.min_test_loss, result.stopped, result.minimum, result.trajectory
+            )
         writer.finish(result.status, message)
         return result.status
     except (RuntimeError, MemoryError, store.CorruptRunError) as error:
@@ -157,3 +169,74 @@ def _train_one(config, run, dataset, optimizer, epochs, root, record, mesh) -> s
         # recorded with its message, the sweep goes on, and the next `run_sweep` retries it.
         writer.finish("failed", f"{type(error).__name__}: {error} (rerun the sweep to retry)")
         return "failed"
+
+
+#: Learning rates tried by a calibration lie on this grid: 10^(k / LR_STEPS_PER_DECADE) · 1e-3.
+LR_STEPS_PER_DECADE = 4
+#: Pilots stop this many epochs past their lowest test loss when the config sets no patience.
+PILOT_PATIENCE = 200
+
+
+def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
+    """The learning rate of `run`'s swept value by the reference study's rule (App. D.1).
+
+    The largest learning rate on a log grid (`LR_STEPS_PER_DECADE` per decade) whose minimum test
+    loss falls inside `config.min_epoch_window`, found by pilot trainings of the value's seed-0 run
+    (its data and initialisation; no spectra). The epoch of the minimum scales roughly as 1/lr, so
+    each pilot outside the window moves the next one by the factor that would put its minimum at the
+    window's geometric centre; once one falls inside, the next larger grid value is tried, until one
+    falls too early. The result (status "calibrated" or "uncalibrated" with advice, the chosen `lr`,
+    and every pilot's lr and epoch of the minimum) is stored with the value, once: the other seeds,
+    and a resumed sweep, read it back.
+    """
+    point = run.point
+    with store.claim(config.store_path, f"calibrate_{point}", wait=True):  # one calibration per value
+        stored = store.read_calibration(config.store_path, point)
+        if stored is not None:
+            return stored
+        lower, upper = config.min_epoch_window
+        centre = (lower * upper) ** 0.5
+        pilot = next(r for r in runs(config) if r.point == point and r.seed == 0)
+        split = run_split(config, pilot, dataset)
+        patience = PILOT_PATIENCE if config.patience is None else config.patience
+        tried: dict[int, int] = {}
+        step, best = 0, None
+        while len(tried) < config.pilot_runs and step not in tried:
+            lr = 1e-3 * 10 ** (step / LR_STEPS_PER_DECADE)
+            result = train(
+                run_model(config, pilot, split),
+                split,
+                make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
+                [0, config.epochs],
+                eval_every=config.eval_every,
+                patience=patience,
+            )
+            reached = result.status == "complete" and result.min_epoch < result.stopped
+            epoch = result.min_epoch if reached else config.epochs + 1  # no minimum: too slow
+            tried[step] = epoch
+            if lower <= epoch <= upper:
+                best = step if best is None else max(best, step)
+                step += 1
+            elif epoch < lower or result.status != "complete":
+                if best is not None:
+                    break
+                step -= max(1, round(LR_STEPS_PER_DECADE * math.log10(centre / max(epoch, 1))))
+            else:
+                step += max(1, round(LR_STEPS_PER_DECADE * math.log10(epoch / centre)))
+        pilots = [[1e-3 * 10 ** (k / LR_STEPS_PER_DECADE), e] for k, e in sorted(tried.items())]
+        if best is not None:
+            chosen = 1e-3 * 10 ** (best / LR_STEPS_PER_DECADE)
+            result = {"status": "calibrated", "lr": chosen, "pilots": pilots, "message": ""}
+        else:
+            result = {
+                "status": "uncalibrated",
+                "lr": None,
+                "pilots": pilots,
+                "message": (
+                    f"no learning rate of {len(pilots)} pilots (lr, epoch of the minimum test loss: "
+                    f"{pilots}) put the minimum in {list(config.min_epoch_window)}; raise pilot_runs, "
+                    "widen min_epoch_window or raise epochs"
+                ),
+            }
+        store.write_calibration(root, point, result)
+        return result

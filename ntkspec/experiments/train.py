@@ -34,12 +34,26 @@ from ntkspec.experiments.records import Record
 
 @dataclasses.dataclass(frozen=True)
 class TrainResult:
-    """Outcome of `train`: status "complete" or "diverged", a message, records made, the model."""
+    """Outcome of `train`.
+
+    status : "complete" or "diverged"; message : why it diverged, with advice.
+    n_records : records made; model : the network at the end of training.
+    min_epoch, min_test_loss : the epoch of the minimum test loss (exact, from the replay) and its value.
+    minimum : the `Record` measured at the parameters of that epoch (None without a measurement).
+    trajectory : every `eval_every` epochs (and at each record): "epoch", "train_loss", "test_loss"
+        and, with a measurement, "trace" (tr K from the exact diagonal), as arrays.
+    stopped : the epoch training stopped at (`patience` epochs past the minimum, or the last epoch).
+    """
 
     status: str
     message: str
     n_records: int
     model: nnx.Module
+    min_epoch: int = -1
+    min_test_loss: float = float("nan")
+    minimum: Record | None = None
+    trajectory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    stopped: int = 0
 
 
 def make_optimizer(
@@ -101,17 +115,47 @@ def _steps(graphdef, optimizer, params, opt_state, n_steps, x, y):
     return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, jnp.array(True)))
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _replay(graphdef, optimizer, params, opt_state, n_steps, x, y, x_test, y_test):
+    """`n_steps` steps one by one with the test loss after each: the parameters, the epoch offset
+    (0 .. n_steps) and the loss of the lowest one, the starting point included."""
+
+    def test_loss(p):
+        return _loss_and_accuracy(graphdef, p, x_test, y_test)[0]
+
+    def step(i, carry):
+        params, opt_state, best = carry
+        grads = jax.grad(lambda p: _loss_and_accuracy(graphdef, p, x, y)[0])(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        loss = test_loss(params)
+        better = loss < best[2]
+        best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (params, i + 1, loss), best)
+        return params, opt_state, best
+
+    start = (params, jnp.array(0), test_loss(params))
+    return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, start))[2]
+
+
 def train(
     model: nnx.Module,
     split: Split,
     optimizer: optax.GradientTransformation,
     epochs: Sequence[int],
-    measure: Callable[[nnx.Module, int, dict[str, float]], Record],
+    measure=None,
     *,
     recorder: Callable[[Record], None] | None = None,
+    eval_every: int = 10,
+    patience: int | None = None,
     mesh: Mesh | None = None,
 ) -> TrainResult:
     """Train `model` full-batch on `split` with softmax cross-entropy, measuring at `epochs`.
+
+    The test loss is evaluated every `eval_every` epochs (and at every record). The minimum test loss
+    is then pinned to the epoch by a replay: from the parameters kept at the evaluation before the
+    lowest one, one step at a time over the two evaluation intervals around it (full-batch training
+    is deterministic, so the replay retraces the run). The network at that epoch is measured once
+    more (`TrainResult.minimum`).
 
     Parameters
     ----------
@@ -122,14 +166,21 @@ def train(
     epochs : increasing recording epochs (see `record_epochs`); the last one is the training length.
         One epoch is one full-batch step.
     measure : called at each recording epoch with the network, the epoch and its losses and
-        accuracies; returns the `Record` (`ntkspec.experiments.measure.Measure`).
+        accuracies; returns the `Record` (`ntkspec.experiments.measure.Measure`). None: no records,
+        no trace (e.g. a learning-rate pilot).
     recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
+    eval_every : epochs between two evaluations of the test loss (and of the trace).
+    patience : stop this many epochs past the lowest test loss so far (None: train to the end).
     mesh : a ("data", "model") mesh (`ntkspec.sharding.make_mesh`): parameters and optimizer states
         split on "model", samples on "data"; the numbers equal the single-device ones.
     """
     epochs = np.asarray(epochs, dtype=np.int64)
     if epochs.ndim != 1 or epochs.size == 0 or epochs[0] < 0 or np.any(np.diff(epochs) <= 0):
         raise bad_value("epochs", repr(epochs.tolist()), "strictly increasing epochs >= 0")
+    if not isinstance(eval_every, int | np.integer) or eval_every < 1:
+        raise bad_value("eval_every", repr(eval_every), "an integer >= 1 (epochs between test evaluations)")
+    if patience is not None and (not isinstance(patience, int | np.integer) or patience < 0):
+        raise bad_value("patience", repr(patience), "an integer >= 0 or None (train to the last epoch)")
     graphdef, params = nnx.split(model)
     opt_state = optimizer.init(params)
     x_train, y_train = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
@@ -139,30 +190,89 @@ def train(
         x_train, y_train, x_test, y_test = (
             sharding.shard_batch(a, mesh) for a in (x_train, y_train, x_test, y_test)
         )
-
-    done, previous = 0, 0
-    for epoch in epochs.tolist():
+    last = int(epochs[-1])
+    recording = set(epochs.tolist())
+    points = sorted(recording | set(range(0, last + 1, eval_every)) | {last})
+    trajectory: dict[str, list] = {"epoch": [], "train_loss": [], "test_loss": []}
+    if measure is not None:
+        trajectory["trace"] = []
+    best = (np.inf, -1, (params, opt_state), 0)  # loss, epoch, state kept before it, its epoch
+    kept, done, previous = ((params, opt_state), 0), 0, 0
+    for epoch in points:
         params, opt_state, finite = _steps(
             graphdef, optimizer, params, opt_state, epoch - previous, x_train, y_train
         )
-        train_loss, train_accuracy = map(float, _evaluate(graphdef, params, x_train, y_train))
-        test_loss, test_accuracy = map(float, _evaluate(graphdef, params, x_test, y_test))
+        metrics = _metrics(graphdef, params, (x_train, y_train), (x_test, y_test))
+        train_loss, test_loss = metrics["train_loss"], metrics["test_loss"]
         params_finite = all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
         if not (bool(finite) and params_finite and np.isfinite(train_loss)):
             message = (
                 f"diverged: the training loss became NaN or Inf between epochs {previous} and "
                 f"{epoch}; try a lower learning rate (e.g. 10x lower)"
             )
-            return TrainResult("diverged", message, done, nnx.merge(graphdef, params))
+            return TrainResult(
+                "diverged",
+                message,
+                done,
+                nnx.merge(graphdef, params),
+                trajectory=_arrays(trajectory),
+                stopped=epoch,
+            )
         previous = epoch
-        metrics = {
-            "train_loss": train_loss,
-            "test_loss": test_loss,
-            "train_accuracy": train_accuracy,
-            "test_accuracy": test_accuracy,
-        }
-        record = measure(nnx.merge(graphdef, params), epoch, metrics)
-        if recorder is not None:
-            recorder(record)
-        done += 1
-    return TrainResult("complete", "", done, nnx.merge(graphdef, params))
+        network = nnx.merge(graphdef, params)
+        for name, value in (("epoch", epoch), ("train_loss", train_loss), ("test_loss", test_loss)):
+            trajectory[name].append(value)
+        if measure is not None:
+            trajectory["trace"].append(measure.trace(network))
+        if test_loss < best[0]:
+            best = (test_loss, epoch, *kept)
+        kept = ((params, opt_state), epoch)
+        if measure is not None and epoch in recording:
+            record = measure(network, epoch, metrics)
+            if recorder is not None:
+                recorder(record)
+            done += 1
+        if patience is not None and epoch >= best[1] + patience:
+            break
+    final = nnx.merge(graphdef, params)
+    # The minimum lies after the evaluation before the lowest one and before the one after it.
+    _, best_epoch, (start_params, start_state), start = best
+    span = min(best_epoch + eval_every, previous) - start
+    min_params, offset, min_loss = _replay(
+        graphdef, optimizer, start_params, start_state, span, x_train, y_train, x_test, y_test
+    )
+    min_epoch = start + int(offset)
+    minimum = None
+    if measure is not None:
+        metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
+        minimum = measure(nnx.merge(graphdef, min_params), min_epoch, metrics, consecutive=False)
+    return TrainResult(
+        "complete",
+        "",
+        done,
+        final,
+        min_epoch=min_epoch,
+        min_test_loss=float(min_loss),
+        minimum=minimum,
+        trajectory=_arrays(trajectory),
+        stopped=previous,
+    )
+
+
+def _metrics(graphdef, params, train_set, test_set) -> dict[str, float]:
+    """Loss and accuracy on the training and the test set (`records.METRIC_FIELDS`)."""
+    train_loss, train_accuracy = map(float, _evaluate(graphdef, params, *train_set))
+    test_loss, test_accuracy = map(float, _evaluate(graphdef, params, *test_set))
+    return {
+        "train_loss": train_loss,
+        "test_loss": test_loss,
+        "train_accuracy": train_accuracy,
+        "test_accuracy": test_accuracy,
+    }
+
+
+def _arrays(columns: dict[str, list]) -> dict[str, np.ndarray]:
+    return {
+        name: np.asarray(values, dtype=np.int64 if name == "epoch" else np.float64)
+        for name, values in columns.items()
+    }
