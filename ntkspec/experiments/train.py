@@ -39,6 +39,7 @@ class TrainResult:
     status : "complete" or "diverged"; message : why it diverged, with advice.
     n_records : records made; model : the network at the end of training.
     min_epoch, min_test_loss : the epoch of the minimum test loss (exact, from the replay) and its value.
+    min_model : the network at that epoch (its parameters kept by the replay).
     minimum : the `Record` measured at the parameters of that epoch (None without a measurement).
     trajectory : every `eval_every` epochs (and at each record): "epoch", "train_loss", "test_loss"
         and, with a measurement, "trace" (tr K from the exact diagonal), as arrays.
@@ -51,6 +52,7 @@ class TrainResult:
     model: nnx.Module
     min_epoch: int = -1
     min_test_loss: float = float("nan")
+    min_model: nnx.Module | None = None
     minimum: Record | None = None
     trajectory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     stopped: int = 0
@@ -241,11 +243,11 @@ def train(
     min_params, offset, min_loss = _replay(
         graphdef, optimizer, start_params, start_state, span, x_train, y_train, x_test, y_test
     )
-    min_epoch = start + int(offset)
+    min_epoch, min_model = start + int(offset), nnx.merge(graphdef, min_params)
     minimum = None
     if measure is not None:
         metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
-        minimum = measure(nnx.merge(graphdef, min_params), min_epoch, metrics, consecutive=False)
+        minimum = measure(min_model, min_epoch, metrics, consecutive=False)
     return TrainResult(
         "complete",
         "",
@@ -253,6 +255,7 @@ def train(
         final,
         min_epoch=min_epoch,
         min_test_loss=float(min_loss),
+        min_model=min_model,
         minimum=minimum,
         trajectory=_arrays(trajectory),
         stopped=previous,

@@ -1,0 +1,168 @@
+"""The reference study's protocol: learning-rate calibration, the exact minimum test loss, patience,
+label alignment and eigenvector rotation, and the bad inputs of these settings."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from reference_models import reference_kernel
+
+import ntkspec
+from ntkspec import data, models
+from ntkspec.estimators import one_hot_targets
+from ntkspec.experiments import store
+from ntkspec.experiments.config import load_config
+from ntkspec.experiments.measure import Measure
+from ntkspec.experiments.sweep import run_sweep
+from ntkspec.experiments.train import make_optimizer, train
+
+TINY = """
+name = "protocol"
+kind = "width"
+dataset = "digits"
+depth = 3
+widths = [32]
+seeds = 1
+n_train = 100
+n_ntk = 4
+n_test = 300
+lr = "calibrate"
+min_epoch_window = [300, 600]
+epochs = 700
+eval_every = 5
+patience = 40
+n_records = 3
+top_k = 3
+"""
+
+
+@pytest.fixture(scope="module")
+def split():
+    return data.split(data.load("digits"), 100, 8, jax.random.key(0), n_test=300)
+
+
+def _model(width=16, seed=1):
+    return models.build("mlp", (64,), 10, jax.random.key(seed), width=width, depth=3)
+
+
+def test_calibration_slows_a_width_where_1e3_is_too_fast(tmp_path):
+    path = tmp_path / "protocol.toml"
+    path.write_text(TINY)
+    config = load_config(path, store=str(tmp_path / "p.zarr"))
+    summary = run_sweep(config)
+    assert summary.done == ("w32_s0",) and summary.complete
+    calibration = store.read_calibration(config.store_path, "w32")
+    assert calibration["status"] == "calibrated"
+    pilots = {lr: epoch for lr, epoch in calibration["pilots"]}
+    assert pilots[1e-3] < 300  # 1e-3 puts the minimum too early here ...
+    assert calibration["lr"] < 1e-3 and 300 <= pilots[calibration["lr"]] <= 600  # ... the choice inside
+    assert all(not 300 <= e <= 600 for lr, e in pilots.items() if lr > calibration["lr"])  # the largest
+    ds = ntkspec.open_sweep(config.store_path)
+    run = ds.sel(width=32, seed=0)
+    assert float(run["lr"]) == pytest.approx(calibration["lr"])
+    assert int(run["min_test_loss_epoch"]) == pilots[calibration["lr"]]  # the pilot was the seed-0 run
+    assert float(run["test_loss_at_min"]) == pytest.approx(float(run["min_test_loss"]), rel=1e-6)
+    assert float(run["test_loss_at_min"]) <= np.nanmin(run["trajectory_test_loss"].values) + 1e-7
+
+
+def test_uncalibrated_value_is_recorded_and_the_sweep_goes_on(tmp_path):
+    path = tmp_path / "protocol.toml"
+    path.write_text(TINY.replace("[300, 600]", "[300, 301]").replace("widths = [32]", "widths = [16, 32]"))
+    config = load_config(path, store=str(tmp_path / "u.zarr"), pilot_runs=1)
+    summary = run_sweep(config)
+    assert summary.done == ("w16_s0", "w32_s0") and summary.complete
+    attrs, _ = store.read_run(config.store_path, "w16_s0")
+    assert attrs["status"] == "uncalibrated" and "raise pilot_runs" in attrs["message"]
+
+
+def test_parameters_at_the_minimum_equal_a_run_stopped_there(split):
+    optimizer = make_optimizer("adam", 1e-2)
+    result = train(_model(), split, optimizer, [0, 120], eval_every=7)
+    assert 0 < result.min_epoch < 120
+    assert result.min_test_loss == pytest.approx(float(np.min(result.trajectory["test_loss"])), abs=0.05)
+    stopped = train(_model(), split, optimizer, [result.min_epoch], eval_every=1000)
+    for a, b in zip(
+        jax.tree.leaves(ntkspec.ntk(result.min_model, split.x_ntk).params),
+        jax.tree.leaves(ntkspec.ntk(stopped.model, split.x_ntk).params),
+        strict=True,
+    ):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=1e-6)
+    # Every epoch of the replay window, evaluated one by one, has a test loss no lower.
+    for epoch in range(max(result.min_epoch - 7, 0), result.min_epoch + 8):
+        other = train(_model(), split, optimizer, [epoch], eval_every=1000)
+        assert other.min_test_loss >= result.min_test_loss - 1e-6 or epoch < result.min_epoch - 7
+
+
+def test_patience_stops_the_run_and_the_minimum_is_measured(split, key):
+    records = []
+    result = train(
+        _model(),
+        split,
+        make_optimizer("adam", 1e-2),
+        [0, 10, 100, 400],
+        Measure(split, key, top_k=3),
+        recorder=records.append,
+        eval_every=5,
+        patience=30,
+    )
+    assert result.status == "complete" and result.stopped < 400
+    assert result.min_epoch + 30 <= result.stopped < result.min_epoch + 30 + 10
+    assert [r.epoch for r in records] == [e for e in (0, 10, 100) if e <= result.stopped]
+    assert result.minimum.epoch == result.min_epoch
+    assert result.minimum.test_loss == pytest.approx(result.min_test_loss, rel=1e-6)
+    traj = result.trajectory
+    assert traj["epoch"][-1] == result.stopped and np.all(np.diff(traj["epoch"]) > 0)
+    assert traj["trace"][0] == pytest.approx(records[0].trace, rel=1e-5)
+
+
+def test_label_alignment_and_rotation_against_dense_references(split, key):
+    x = jnp.asarray(split.x_ntk, jnp.float64)
+    split64 = data.Split(
+        split.x_train, split.y_train, np.asarray(x), split.y_ntk, split.x_test, split.y_test, split.classes
+    )
+    first = models.build("mlp", (64,), 10, jax.random.key(2), width=16, depth=3, param_dtype=jnp.float64)
+    second = models.build("mlp", (64,), 10, jax.random.key(3), width=16, depth=3, param_dtype=jnp.float64)
+    measure = Measure(split64, key, top_k=3, method="exact")
+    metrics = {"train_loss": 1.0, "test_loss": 1.0, "train_accuracy": 0.0, "test_accuracy": 0.0}
+    a = measure(first, 0, metrics)
+    b = measure(second, 1, metrics)
+    kernels = []
+    for net in (first, second):
+        graphdef, params = nnx.split(net)
+        kernels.append(reference_kernel(lambda p, xs, g=graphdef: nnx.merge(g, p)(xs), params, x))
+    y = np.asarray(one_hot_targets(split.y_ntk, 10))
+    for record, kernel in zip((a, b), kernels, strict=True):
+        expected = y @ kernel @ y / (np.linalg.norm(kernel) * (y @ y))
+        assert record.label_alignment == pytest.approx(expected, rel=1e-8)
+    assert np.isnan(a.eigenvector_rotation)
+    r = round(a.effective_rank)
+    u = np.linalg.eigh(kernels[0])[1][:, ::-1][:, :r]
+    v = np.linalg.eigh(kernels[1])[1][:, ::-1][:, :r]
+    assert b.eigenvector_rotation == pytest.approx(1 - np.linalg.norm(u.T @ v) ** 2 / r, rel=1e-6)
+    assert 0 < b.eigenvector_rotation < 1
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"min_epoch_window": [600, 300]}, "`min_epoch_window`: got [600, 300]"),
+        ({"patience": -1}, "`patience`: got -1"),
+        ({"eval_every": 0}, "`eval_every`: got 0"),
+        ({"epochs": 500}, "`epochs`: got 500, expected at least the window's upper end 600"),
+        ({"lr": "slow"}, "`lr`: got 'slow' (str)"),
+    ],
+)
+def test_bad_protocol_settings_are_named(tmp_path, values, message):
+    path = tmp_path / "protocol.toml"
+    path.write_text(TINY)
+    with pytest.raises(ValueError) as info:
+        load_config(path, **values)
+    assert message in str(info.value)
+
+
+def test_bad_training_settings_are_named(split):
+    with pytest.raises(ValueError, match="`eval_every`: got 0"):
+        train(_model(), split, make_optimizer("adam", 1e-3), [0, 5], eval_every=0)
+    with pytest.raises(ValueError, match="`patience`: got -1"):
+        train(_model(), split, make_optimizer("adam", 1e-3), [0, 5], patience=-1)
