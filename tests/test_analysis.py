@@ -10,7 +10,13 @@ from _synthetic import write_sweep
 from rich.console import Console
 
 from ntkspec.experiments.analysis import analyze_store, read_store
-from ntkspec.experiments.fits import ensemble, fit_breakpoint, fit_power_law
+from ntkspec.experiments.fits import (
+    ensemble,
+    exponent_difference,
+    fit_breakpoint,
+    fit_offset_power_law,
+    fit_power_law,
+)
 from ntkspec.experiments.summaries import adaptation_rate, run_summary, running_mean
 
 WIDTHS = np.array([16, 32, 64, 128, 256, 512, 1024, 2048, 4096], dtype=float)
@@ -267,3 +273,36 @@ def test_unreadable_run_is_skipped(tmp_path):
     statuses = {entry["name"]: entry["status"] for entry in a.skipped}
     assert statuses == {"w32_s0": "unreadable", "w32_s1": "diverged", "w16_s2": "running"}
     assert [r.name for r in a.runs] == ["w16_s0"]
+
+
+def test_adaptation_rate_from_the_trajectory_by_hand():
+    # The study's App. B.4: running means over 20 epochs of T and ln L, then dT / d ln L at the minimum.
+    rec = _records(n=50)
+    epochs = np.arange(0, 500, 5.0)  # a trajectory every 5 epochs: the window is 4 points
+    loss = np.exp(-epochs / 100) * (1 + 0.1 * np.sin(epochs))
+    trace = 7.0 + 3.0 * np.log(loss) ** 2
+    at_min = {name: rec[name][30] for name in rec} | {"epoch": 250.0, "test_loss": 0.9}
+    summary = run_summary(
+        rec, at_min=at_min, trajectory={"epoch": epochs, "trace": trace, "train_loss": loss}
+    )
+    t_mean, l_mean = running_mean(trace, 4), running_mean(np.log(loss), 4)
+    i = int(np.argmin(np.abs(epochs - 250.0)))
+    hand = (t_mean[i + 1] - t_mean[i - 1]) / (l_mean[i + 1] - l_mean[i - 1])
+    assert summary.exact_minimum and summary.adaptation_rate_at_min == pytest.approx(hand, rel=1e-12)
+    assert summary.min_epoch == 250.0 and summary.min_test_loss == 0.9
+    assert (
+        summary.trace_at_min == pytest.approx(rec["trace"][30]) and summary.min_index == 49
+    )  # the record nearest epoch 250
+
+
+def test_offset_power_law_recovers_floor_and_exponent():
+    rng = np.random.default_rng(3)
+    x, y, seed = _sweep(lambda w: 0.3 + 4.0 * w**-0.5, 6, 0.01, rng)
+    fit = fit_offset_power_law(x, y, seed, n_boot=200, rng=1)
+    assert fit.offset == pytest.approx(0.3, abs=0.03) and fit.exponent == pytest.approx(-0.5, abs=0.06)
+    assert fit.ci_low < -0.5 < fit.ci_high and fit.offset_ci[0] <= 0.3 <= fit.offset_ci[1]
+    rising = np.where(x > 1000, 2.0, 1.0) * (0.3 + 4.0 * x**-0.5)  # the loss rises again past 512
+    assert fit_offset_power_law(x, rising, seed, n_boot=20).x_max == 512
+    plain = fit_power_law(x, y, seed, n_boot=50)
+    diff, lo, hi = exponent_difference(fit, plain)
+    assert diff == pytest.approx(fit.exponent - plain.exponent) and lo < diff < hi

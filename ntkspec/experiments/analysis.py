@@ -19,7 +19,14 @@ import numpy as np
 import xarray as xr
 
 from ntkspec.experiments import report
-from ntkspec.experiments.fits import Breakpoint, PowerLaw, ensemble, fit_breakpoint, fit_power_law
+from ntkspec.experiments.fits import (
+    Breakpoint,
+    PowerLaw,
+    ensemble,
+    fit_breakpoint,
+    fit_offset_power_law,
+    fit_power_law,
+)
 from ntkspec.experiments.records import KINDS, Kind
 from ntkspec.experiments.store import open_sweep
 from ntkspec.experiments.summaries import FITTED, QUANTITIES, RunSummary, adaptation_rate, run_summary
@@ -32,6 +39,13 @@ class Run:
     name: str
     attrs: dict[str, Any]
     records: dict[str, np.ndarray]
+    trajectory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    @property
+    def at_min(self) -> dict[str, float] | None:
+        """The record measured at the exact epoch of the minimum test loss (None for older runs)."""
+        values = {k.removesuffix("_at_min"): v for k, v in self.attrs.items() if k.endswith("_at_min")}
+        return values or None
 
     @property
     def status(self) -> str:
@@ -82,6 +96,7 @@ def read_store(path: str | Path) -> Sweep:
     swept = KINDS[dataset.attrs["kind"]]
     per_run = [v for v in dataset.data_vars if dataset[v].dims == (swept.dim, "seed")]
     per_record = [v for v in (*dataset.data_vars, "epoch") if "record" in dataset[v].dims]
+    per_step = [v for v in (*dataset.data_vars, *dataset.coords) if "step" in dataset[v].dims]
     runs: dict[str, Run] = {}
     for i, value in enumerate(dataset[swept.dim].values):
         for j, seed in enumerate(dataset["seed"].values):
@@ -94,7 +109,9 @@ def read_store(path: str | Path) -> Sweep:
             attrs.update({swept.attribute: value.item(), "seed": int(seed)})
             n = int(attrs["n_records"])
             records = {v: np.asarray(cell[v].values[:n]) for v in per_record}
-            runs[name] = Run(name, attrs, records)
+            steps = np.isfinite(cell["trajectory_epoch"].values) if per_step else []
+            trajectory = {v.removeprefix("trajectory_"): np.asarray(cell[v].values[steps]) for v in per_step}
+            runs[name] = Run(name, attrs, records, trajectory)
     for name, message in dataset.attrs["unreadable"].items():
         runs[name] = Run(name, {"status": "unreadable", "message": message}, {})
     return Sweep(dataset, runs)
@@ -104,10 +121,13 @@ def read_store(path: str | Path) -> Sweep:
 class Analysis:
     """Everything `analyze_store` derives from a sweep.
 
-    `fits` holds power laws by quantity (loss and T0 over all groups; effective rank below its
-    breakpoint; trace ratio above its breakpoint; the adaptation rate times `adaptation_sign`, i.e.
-    -dT/dlnL where the rate is negative on average). `breakpoints` holds "effective_rank_at_min",
-    "trace_ratio" and "transition" (both series with one shared breakpoint: the transition width).
+    `fits` holds power laws by quantity (loss and T0 over all groups; the effective ranks below their
+    breakpoints; trace ratio above its breakpoint; the adaptation rate times `adaptation_sign`, i.e.
+    -dT/dlnL where the rate is negative on average), and "min_test_loss_above_floor", L − L∞ with
+    the floor L∞ fitted over the range where the loss falls. `breakpoints` holds
+    "cosine_effective_rank_at_min", "effective_rank_at_min", "trace_ratio" and "transition" (the
+    cosine effective rank, the study's primary one, and the trace ratio with one shared breakpoint:
+    the transition width).
     `not_fitted` says why a fit is missing, keyed "fit <quantity>" or "breakpoint <name>".
     `rates` holds each summarised run's adaptation rate per record; `dynamics` the seed-mean curves
     per swept value (epoch, trace, effective rank, ln train loss, rate) at the epochs all its runs
@@ -179,7 +199,9 @@ def analyze_store(
             skipped.append({"name": run.name, "status": run.status, "message": message})
             continue
         try:
-            summaries[run.name] = run_summary(run.records, window=window)
+            summaries[run.name] = run_summary(
+                run.records, window=window, at_min=run.at_min, trajectory=run.trajectory or None
+            )
         except ValueError as error:
             skipped.append({"name": run.name, "status": "unusable", "message": str(error)})
             continue
@@ -303,25 +325,31 @@ def _fit_all(
             why[label] = str(error)
             return None
 
-    erank, ratio = values["effective_rank_at_min"], values["trace_ratio"]
+    erank, ratio = values["cosine_effective_rank_at_min"], values["trace_ratio"]
     for name, y in (
-        ("effective_rank_at_min", erank),
+        ("cosine_effective_rank_at_min", erank),
+        ("effective_rank_at_min", values["effective_rank_at_min"]),
         ("trace_ratio", ratio),
         ("transition", np.stack([erank, ratio], axis=1)),
     ):
         found = attempt(f"breakpoint {name}", fit_breakpoint, y)
         if found is not None:
             breaks[name] = found
-    # The effective rank follows its power law below its breakpoint, the trace ratio above its own.
+    # An effective rank follows its power law below its breakpoint, the trace ratio above its own.
     limits: dict[str, dict[str, float]] = {}
-    if "effective_rank_at_min" in breaks:
-        limits["effective_rank_at_min"] = {"x_max": breaks["effective_rank_at_min"].x}
+    for name in ("cosine_effective_rank_at_min", "effective_rank_at_min"):
+        if name in breaks:
+            limits[name] = {"x_max": breaks[name].x}
     if "trace_ratio" in breaks:
         limits["trace_ratio"] = {"x_min": breaks["trace_ratio"].x}
     for name in FITTED:
         found = attempt(f"fit {name}", fit_power_law, values[name], **limits.get(name, {}))
         if found is not None:
             fits[name] = found
+    # The loss falls towards a floor: L − L∞ with L∞ fitted, over the widths where L falls.
+    found = attempt("fit min_test_loss above its floor", fit_offset_power_law, values["min_test_loss"])
+    if found is not None:
+        fits["min_test_loss_above_floor"] = found
     return fits, breaks, why
 
 

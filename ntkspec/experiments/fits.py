@@ -76,13 +76,20 @@ class PowerLaw:
     n_points: int
     n_boot: int
     level: float
+    offset: float = 0.0
+    offset_ci: tuple[float, float] = (0.0, 0.0)
 
     def __call__(self, x: ArrayLike) -> np.ndarray:
-        return self.prefactor * np.asarray(x, dtype=np.float64) ** self.exponent
+        return self.offset + self.prefactor * np.asarray(x, dtype=np.float64) ** self.exponent
 
     def label(self, symbol: str = "x") -> str:
-        """e.g. '∝ x^-0.52 [-0.60, -0.45]'."""
-        return f"∝ {symbol}^{self.exponent:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+        """e.g. '∝ x^-0.52 [-0.60, -0.45]', or with an offset 'L∞ + ∝ x^-0.52 [...], L∞ = 0.31'."""
+        law = f"∝ {symbol}^{self.exponent:.2f} [{self.ci_low:.2f}, {self.ci_high:.2f}]"
+        return (
+            law
+            if self.offset == 0
+            else f"{law} above L∞ = {self.offset:.3g} [{self.offset_ci[0]:.3g}, {self.offset_ci[1]:.3g}]"
+        )
 
 
 def fit_power_law(
@@ -146,6 +153,90 @@ def fit_power_law(
         n_boot=int(ok.sum()),
         level=level,
     )
+
+
+def fit_offset_power_law(
+    x: ArrayLike,
+    y: ArrayLike,
+    seeds: ArrayLike,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    rng: np.random.Generator | int = 0,
+    n_grid: int = 200,
+) -> PowerLaw:
+    """Fit mean y = L∞ + prefactor · x^exponent with the floor L∞ a parameter; seed bootstrap CI.
+
+    The fit covers the groups up to the one of lowest mean (the range where y falls; a loss that
+    rises again past it, as an over-wide network's may, is left out), and profiles L∞ on a grid in
+    [0, min mean): for each candidate the rest is the log-log line of `fit_power_law`, and the
+    candidate of least squared log residual wins. Bootstrap replicates repeat the whole fit.
+    """
+    _check_level(n_boot, level)
+    xs, values = _seed_matrix(x, y, seeds)
+    means = _nanmean_last(values[0])
+    if np.sum(np.isfinite(means)) < 3:
+        raise bad_value("x, y", f"{int(np.sum(np.isfinite(means)))} group(s) with a mean", "at least 3")
+    last = int(np.nanargmin(means))
+    if last < 2:
+        raise bad_value(
+            "y",
+            f"its lowest mean at the {last + 1}. group",
+            "a falling range of at least 3 groups",
+            "The quantity does not fall with x here.",
+        )
+    u = np.log(xs[: last + 1])
+
+    def fit(group_means: np.ndarray) -> tuple[float, float, float]:
+        top = np.nanmin(group_means)
+        if not np.isfinite(top) or top <= 0:
+            return (math.nan,) * 3
+        best = (math.inf, math.nan, math.nan, math.nan)
+        for floor in np.linspace(0.0, top, n_grid, endpoint=False):
+            v = np.log(group_means - floor)
+            w = np.isfinite(v).astype(np.float64)
+            slope, intercept = _line(u, np.where(w > 0, v, 0.0)[None], w[None])
+            sse = float(np.sum(w * (v - intercept[0] - slope[0] * u) ** 2, where=w > 0))
+            if sse < best[0]:
+                best = (sse, float(slope[0]), float(intercept[0]), float(floor))
+        return best[1:]
+
+    slope, intercept, floor = fit(means[: last + 1])
+    draws = _paired_resample(values[0][: last + 1], np.random.default_rng(rng), n_boot)
+    boot = np.array([fit(_nanmean_last(draw)) for draw in draws])
+    ok = np.all(np.isfinite(boot), axis=1)
+    expanded = _expanded_level(level, values.shape[-1])
+    lo, hi = _percentiles(boot[ok, 0], expanded)
+    p_lo, p_hi = _percentiles(boot[ok, 1], expanded)
+    return PowerLaw(
+        exponent=slope,
+        prefactor=math.exp(intercept),
+        ci_low=lo,
+        ci_high=hi,
+        exponent_stderr=float(np.std(boot[ok, 0], ddof=1)) if ok.sum() > 1 else math.nan,
+        prefactor_ci=(math.exp(p_lo), math.exp(p_hi)),
+        r2=math.nan,
+        x_min=float(xs[0]),
+        x_max=float(xs[last]),
+        n_points=last + 1,
+        n_boot=int(ok.sum()),
+        level=level,
+        offset=floor,
+        offset_ci=_percentiles(boot[ok, 2], expanded),
+    )
+
+
+def exponent_difference(a: PowerLaw, b: PowerLaw, level: float = 0.95) -> tuple[float, float, float]:
+    """exponent(a) − exponent(b) and its interval at `level`, for fits to independent seeds (two
+    sweeps): a normal interval with the bootstrap standard errors added in quadrature."""
+    diff = a.exponent - b.exponent
+    half = stats.norm.ppf(0.5 * (1 + level)) * math.hypot(a.exponent_stderr, b.exponent_stderr)
+    return diff, diff - half, diff + half
+
+
+def _nanmean_last(values: np.ndarray) -> np.ndarray:
+    finite = np.isfinite(values)
+    return safe_divide(np.where(finite, values, 0.0).sum(axis=-1), finite.sum(axis=-1))
 
 
 @dataclasses.dataclass(frozen=True)

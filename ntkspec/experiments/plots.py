@@ -160,14 +160,15 @@ def scaling_figure(analysis: Analysis) -> Figure:
         ("min_test_loss", "minimum test loss", 1.0),
         ("trace0", "T₀ (NTK trace at init)", 1.0),
         ("adaptation_rate_at_min", ("−" if sign < 0 else "") + "dT / d ln L at minimum", sign),
-        ("effective_rank_at_min", "effective rank at minimum", 1.0),
+        ("cosine_effective_rank_at_min", "cosine-NTK effective rank at minimum", 1.0),
     )
     symbol = analysis.sweep.swept.symbol
     for ax, (key, label, factor) in zip(axes, panels, strict=True):
         _points(ax, analysis, key, factor, "C0", "mean ± s.e.")
         _power_law(ax, analysis.fits.get(key), symbol)
         ax.set_ylabel(label)
-    _points(axes[3], analysis, "cosine_effective_rank_at_min", 1.0, "C1", "cosine NTK", marker="s")
+    _points(axes[3], analysis, "effective_rank_at_min", 1.0, "C1", "raw NTK", marker="s")
+    _power_law(axes[0], analysis.fits.get("min_test_loss_above_floor"), symbol, style=":")
     for ax in axes:
         ax.set_xscale(_x_scale(analysis))
         ax.set_yscale("log")
@@ -193,7 +194,12 @@ def transition_figure(analysis: Analysis) -> Figure:
     symbol = analysis.sweep.swept.symbol
     panels = (
         ("trace_ratio", r"trace ratio $(T_{\min} - T_0) / T_0$", 1, "trace_ratio"),
-        ("effective_rank_at_min", "effective rank at minimum", 0, "effective_rank_at_min"),
+        (
+            "cosine_effective_rank_at_min",
+            "cosine-NTK eff. rank at minimum",
+            0,
+            "cosine_effective_rank_at_min",
+        ),
     )
     joint = analysis.transition
     for ax, (key, label, series, own) in zip(axes, panels, strict=True):
@@ -255,18 +261,18 @@ def _points(
     )
 
 
-def _power_law(ax, fit: PowerLaw | None, symbol: str) -> None:
+def _power_law(ax, fit: PowerLaw | None, symbol: str, style: str = "--") -> None:
     if fit is None:
         return
     x = np.geomspace(fit.x_min, fit.x_max, 50)
-    ax.plot(x, fit(x), "--", color="k", lw=1.0, zorder=3, label=_exponent_label(fit, symbol))
+    ax.plot(x, fit(x), style, color="k", lw=1.0, zorder=3, label=_exponent_label(fit, symbol))
 
 
 def _exponent_label(fit: PowerLaw, symbol: str) -> str:
     pct = round(100 * fit.level)
-    return _minus(
-        f"$\\propto {symbol}^{{{fit.exponent:.2f}}}$  [{fit.ci_low:.2f}, {fit.ci_high:.2f}] ({pct}% CI)"
-    )
+    floor = f"$L_\\infty$ = {fit.offset:.2f} + " if fit.offset else ""
+    law = f"$\\propto {symbol}^{{{fit.exponent:.2f}}}$"
+    return _minus(f"{floor}{law}  [{fit.ci_low:.2f}, {fit.ci_high:.2f}] ({pct}% CI)")
 
 
 def _minus(text: str) -> str:

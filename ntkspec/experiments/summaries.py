@@ -33,18 +33,23 @@ QUANTITIES: dict[str, str] = {
     "cosine_effective_rank_at_min": "cos. eff. rank",
     "adaptation_rate_at_min": "dT/dlnL",
     "init_alignment_at_min": "A(K0, K*)",
+    "label_alignment_at_min": "A(K*, yy')",
 }
 
-#: Quantities fitted with a power law against width (or data size).
+#: Quantities fitted with a power law against width (or data size). The cosine NTK's effective
+#: rank is the primary one (the study's App. B.3: it corrects for the gradients' magnitudes).
 FITTED = (
     "min_test_loss",
     "trace0",
     "adaptation_rate_at_min",
+    "cosine_effective_rank_at_min",
     "effective_rank_at_min",
     "trace_ratio",
 )
 _REQUIRED = ("epoch", "train_loss", "test_loss", "trace", "effective_rank")
-_OPTIONAL = ("cosine_effective_rank", "test_accuracy", "init_alignment")
+_OPTIONAL = ("cosine_effective_rank", "test_accuracy", "init_alignment", "label_alignment")
+#: Epochs of the running means of the adaptation rate from a trajectory (the study's App. B.4).
+RATE_EPOCHS = 20
 
 
 def running_mean(values: ArrayLike, window: int) -> np.ndarray:
@@ -110,7 +115,9 @@ def adaptation_rate(trace: ArrayLike, train_loss: ArrayLike, window: int | None 
 
 @dataclasses.dataclass(frozen=True)
 class RunSummary:
-    """Derived quantities of one run, taken at the record of minimum test loss (`min_index`)."""
+    """Derived quantities of one run at its minimum test loss: measured at the exact epoch of the
+    minimum where the run has that measurement (`exact_minimum`), else taken at the record of lowest
+    test loss (`min_index`, the nearest record either way)."""
 
     n_records: int
     min_index: int
@@ -125,23 +132,40 @@ class RunSummary:
     cosine_effective_rank_at_min: float
     adaptation_rate_at_min: float
     init_alignment_at_min: float
+    label_alignment_at_min: float = float("nan")
+    exact_minimum: bool = False
 
     def as_dict(self) -> dict[str, float | int]:
         return dataclasses.asdict(self)
 
 
-def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) -> RunSummary:
-    """Summarise one run from its record arrays.
+def run_summary(
+    records: Mapping[str, ArrayLike],
+    *,
+    window: int | None = None,
+    at_min: Mapping[str, float] | None = None,
+    trajectory: Mapping[str, ArrayLike] | None = None,
+    rate_epochs: int = RATE_EPOCHS,
+) -> RunSummary:
+    """Summarise one run from its record arrays, and its measurement at the minimum if it has one.
 
     Parameters
     ----------
     records
         1-D arrays over records, all of one length: `epoch`, `train_loss`, `test_loss`, `trace`,
-        `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy` and `init_alignment`
-        (NaN if absent).
+        `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy`, `init_alignment` and
+        `label_alignment` (NaN if absent).
         The first record is taken to be the initialisation (T0 = trace[0]).
     window
-        Records in the running mean used for the adaptation rate (default: `default_window`).
+        Records in the running mean used for the adaptation rate from records (default:
+        `default_window`).
+    at_min
+        The `Record` fields measured at the exact epoch of the minimum test loss (`epoch`,
+        `test_loss`, `trace`, ...): the quantities "at the minimum" are taken from it.
+    trajectory
+        `epoch`, `trace` and `train_loss` every few epochs: the adaptation rate is then the study's
+        (App. B.4): running means of T and ln L_train over `rate_epochs` epochs, their numerical
+        derivative, at the trajectory point nearest the minimum.
     """
     missing = [name for name in _REQUIRED if name not in records]
     if missing:
@@ -162,21 +186,36 @@ def run_summary(records: Mapping[str, ArrayLike], *, window: int | None = None) 
     nan = np.full(n, np.nan)
     trace = arrays["trace"]
     t0 = float(trace[0])
-    rate = adaptation_rate(trace, arrays["train_loss"], window)
+    at = {name: float(values[i]) for name, values in arrays.items()}
+    at.update({name: nan[i] for name in _OPTIONAL if name not in at})
+    exact = at_min is not None and np.isfinite(at_min.get("test_loss", np.nan))
+    if exact:
+        at.update({name: float(at_min.get(name, np.nan)) for name in (*_REQUIRED, *_OPTIONAL)})
+        i = int(np.argmin(np.abs(arrays["epoch"] - at["epoch"])))
+    if trajectory is not None and len(trajectory.get("trace", ())) > 1 and exact:
+        epochs = np.asarray(trajectory["epoch"], dtype=np.float64)
+        step = float(np.median(np.diff(epochs)))
+        points = max(1, round(rate_epochs / step)) if step > 0 else 1
+        rates = adaptation_rate(trajectory["trace"], trajectory["train_loss"], points)
+        rate = float(rates[int(np.argmin(np.abs(epochs - at["epoch"])))])
+    else:
+        rate = float(adaptation_rate(trace, arrays["train_loss"], window)[i])
     return RunSummary(
         n_records=n,
         min_index=i,
-        min_epoch=float(arrays["epoch"][i]),
-        min_test_loss=float(test_loss[i]),
-        test_accuracy_at_min=float(arrays.get("test_accuracy", nan)[i]),
-        train_loss_at_min=float(arrays["train_loss"][i]),
+        min_epoch=at["epoch"],
+        min_test_loss=at["test_loss"],
+        test_accuracy_at_min=at["test_accuracy"],
+        train_loss_at_min=at["train_loss"],
         trace0=t0,
-        trace_at_min=float(trace[i]),
-        trace_ratio=float(safe_divide(np.float64(trace[i] - t0), np.float64(t0))),
-        effective_rank_at_min=float(arrays["effective_rank"][i]),
-        cosine_effective_rank_at_min=float(arrays.get("cosine_effective_rank", nan)[i]),
-        adaptation_rate_at_min=float(rate[i]),
-        init_alignment_at_min=float(arrays.get("init_alignment", nan)[i]),
+        trace_at_min=at["trace"],
+        trace_ratio=float(safe_divide(np.float64(at["trace"] - t0), np.float64(t0))),
+        effective_rank_at_min=at["effective_rank"],
+        cosine_effective_rank_at_min=at["cosine_effective_rank"],
+        adaptation_rate_at_min=rate,
+        init_alignment_at_min=at["init_alignment"],
+        label_alignment_at_min=at["label_alignment"],
+        exact_minimum=bool(exact),
     )
 
 
