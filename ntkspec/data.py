@@ -310,15 +310,20 @@ def split(
     if len(pools) == 1:
         ((x, y),) = pools
         order = np.asarray(jax.random.permutation(k_train, x.shape[0]))
-        needed = n_ntk + n_train + 1
-        if x.shape[0] < needed:
+        testing = 1 if n_test is None else n_test
+        available = x.shape[0] - n_ntk - testing
+        if n_train > available:
             raise bad_value(
-                "n_train + n_ntk",
-                f"{n_train} + {n_ntk}",
-                f"fewer than the {x.shape[0]} samples of {dataset.name}, keeping >= 1 for testing",
+                "n_train",
+                n_train,
+                f"at most {available}: the {x.shape[0]} samples of {dataset.name} less {n_ntk} for the "
+                f"NTK batch and {testing} for testing",
+                "Lower n_train, n_ntk or n_test.",
             )
+        # The NTK batch first and the test set last in the permutation: both stay the same for
+        # every n_train, and the training sets of growing n_train are nested.
         ntk_idx, train_idx = order[:n_ntk], order[n_ntk : n_ntk + n_train]
-        test_idx = order[n_ntk + n_train :]
+        test_idx = order[n_ntk + n_train :] if n_test is None else order[x.shape[0] - n_test :]
         x_train, y_train, x_held, y_held = x, y, x, y
     else:
         (x_train, y_train), (x_held, y_held) = pools

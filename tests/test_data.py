@@ -131,3 +131,13 @@ def test_digits_default_and_bad_input(key, tmp_path):
         data.split(ds, 10, 4, key, classes=["bird", "cat"])
     with pytest.raises(ValueError, match="n_train"):
         data.split(ds, 1790, 16, key)
+
+
+def test_one_pool_keeps_the_test_set_and_nests_training_sets():
+    digits = data.load("digits")
+    small, large = (data.split(digits, n, 50, jax.random.key(3), n_test=500) for n in (100, 1000))
+    np.testing.assert_array_equal(small.x_test, large.x_test)
+    np.testing.assert_array_equal(small.x_ntk, large.x_ntk)
+    np.testing.assert_array_equal(small.x_train, large.x_train[:100])
+    with pytest.raises(ValueError, match=r"`n_train`: got 1300, expected at most 1247: the 1797 samples"):
+        data.split(digits, 1300, 50, jax.random.key(3), n_test=500)
