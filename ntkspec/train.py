@@ -170,6 +170,7 @@ def ntk_spectra(model: nnx.Module, x: jax.Array, key: Key, top_k: int, method: s
     return spectra(ntk(model, x, mesh=mesh), method=method, key=key, top_k=top_k)
 
 
+@sharding.computes_on(lambda *args, mesh=None, **kwargs: sharding.as_mesh(mesh))
 def train(
     model: nnx.Module,
     split: Split,
@@ -196,8 +197,9 @@ def train(
     top_k : top eigenvalues kept per record.
     method : spectrum method, passed to `ntkspec.spectrum.spectra`.
     recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
-    mesh : a ("data", "model") mesh (`ntkspec.sharding.make_mesh`): parameters and optimizer states
-        split on "model", samples on "data"; the numbers equal the single-device ones.
+    mesh : a mesh with "data" and "model" axes (as for `ntkspec.ntk`; default: the mesh set with
+        `jax.set_mesh`, if any): parameters and optimizer states split on "model", samples on
+        "data"; the numbers equal the single-device ones.
     """
     epochs = np.asarray(epochs, dtype=np.int64)
     if epochs.ndim != 1 or epochs.size == 0 or epochs[0] < 0 or np.any(np.diff(epochs) <= 0):
@@ -207,6 +209,7 @@ def train(
     x_train, y_train = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
     x_ntk = jnp.asarray(split.x_ntk)
+    mesh = sharding.as_mesh(mesh)
     if mesh is not None:
         params, opt_state = sharding.shard_params((params, opt_state), mesh)
         x_train, y_train, x_test, y_test = (
