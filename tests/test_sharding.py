@@ -248,6 +248,8 @@ def test_mesh_without_data_and_model_axes_gets_a_clear_error(model_and_x):
         train(module, None, ADAM, [0], jax.random.key(0), mesh=flat)
     with pytest.raises(ValueError, match=message.format(axes)):
         shard_params({"w": jnp.zeros((4, 4))}, flat)
+    with pytest.raises(ValueError, match=r"`mesh`: got None, expected a jax.sharding.Mesh \(none is set"):
+        shard_params({"w": jnp.zeros((4, 4))}, None)
 
 
 def _same_training(run, reference):
