@@ -26,6 +26,7 @@ from ntkspec._errors import bad_value, describe
 from ntkspec.model import adapt, validate
 
 PROBE_BYTES = 2**30
+_on_its_mesh = sharding.computes_on(lambda op, *args, **kwargs: op.mesh)
 
 
 @jax.tree_util.register_dataclass
@@ -34,7 +35,8 @@ class NTKOperator:
     """Empirical NTK of `apply` at (params, x), shape (N*C, N*C). Build it with `ntkspec.ntk`.
 
     A pytree: it can be passed through `jax.jit`. `scale` is None for the raw kernel and
-    D^{-1/2} for the cosine kernel.
+    D^{-1/2} for the cosine kernel. `mesh` is the Auto-typed mesh its arrays live on
+    (`ntkspec.sharding.as_mesh`), or None.
     """
 
     params: Any
@@ -57,6 +59,7 @@ class NTKOperator:
         n = self.n_samples * self.n_outputs
         return (n, n)
 
+    @_on_its_mesh
     def matvec(self, v: jax.Array) -> jax.Array:
         """K v for v of shape (n,) or (n, k)."""
         n = self.shape[0]
@@ -66,11 +69,13 @@ class NTKOperator:
         out = _matmat(self, jnp.asarray(block, self.dtype))
         return out[:, 0] if v.ndim == 1 else out
 
+    @_on_its_mesh
     def diagonal(self) -> Float[Array, " n"]:
         """diag K exactly: squared gradient norm of every (sample, output)."""
         d = _diagonal(self)
         return d if self.scale is None else self.scale**2 * d
 
+    @_on_its_mesh
     def dense(self, path: str = "auto") -> Float[Array, "n n"]:
         """K exactly; `path` is "auto" (structured where the model allows), "structured" or
         "jacobian" (blocked Jacobian contraction for every parameter; for comparison)."""
@@ -79,6 +84,7 @@ class NTKOperator:
         k = _dense(self, path)
         return k if self.scale is None else self.scale[:, None] * k * self.scale[None, :]
 
+    @_on_its_mesh
     def normalized(self, diagonal: jax.Array | None = None) -> NTKOperator:
         """The cosine NTK D^{-1/2} K D^{-1/2} (rows with D = 0, dead outputs, are set to zero);
         `diagonal`, if given, is D = diag K, already computed."""
@@ -106,8 +112,10 @@ def ntk(
     chunk_size : samples per forward/backward pass (default: all N up to 256).
     probe_block : columns of V processed together by `matvec`; J^T V holds probe_block copies of
         the parameters. Default: as many as fit `PROBE_BYTES` (1 GiB), between 1 and 32.
-    mesh : a `jax.sharding.Mesh` with axes ("data", "model") (see `ntkspec.sharding.make_mesh`):
-        samples and probes are split on "data", wide parameter dimensions on "model".
+    mesh : a `jax.sharding.Mesh` with axes "data" and "model", Explicit or Auto (`jax.make_mesh`,
+        `Mesh(...)`, `ntkspec.sharding.make_mesh`); default: the mesh set with `jax.set_mesh`, if
+        any. Samples and probes are split on "data", wide parameter dimensions on "model"; the
+        numbers equal the single-device ones.
 
     Numerics follow the dtype of params and x (float32 by default; float64 with x64 enabled).
     """
@@ -122,6 +130,7 @@ def ntk(
         chunk_size = min(x.shape[0], 256)
     if chunk_size < 1:
         raise bad_value("chunk_size", chunk_size, "a positive integer")
+    mesh = sharding.as_mesh(mesh)
     if mesh is not None:
         data = mesh.shape["data"]
         chunk_size = -(-chunk_size // data) * data  # every chunk splits evenly over "data"

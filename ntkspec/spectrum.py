@@ -25,6 +25,7 @@ import numpy as np
 import scipy.linalg
 from jax.scipy.special import entr
 
+from ntkspec import sharding
 from ntkspec._errors import bad_value, describe
 from ntkspec.estimators.dense import as_operator
 from ntkspec.estimators.quadrature import krylov_spectrum
@@ -41,6 +42,8 @@ DEFAULT_MEMORY_BUDGET = 2 * 2**30
 # forming K ≈ 14 matvecs, float64 eigvalsh ≈ 18 matvecs; forming grows ~linearly, eigh as n³).
 FORM_MATVECS_PER_ROW = 14.0 / 1000
 EIGH_MATVECS_AT_1000_ROWS = 18.0
+# An `NTKOperator` on a mesh is measured there, whatever mesh the caller has set.
+_on_its_mesh = sharding.computes_on(lambda op, *args, **kwargs: getattr(op, "mesh", None))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,6 +173,7 @@ def _is_pytree(op) -> bool:
     return bool(leaves) and all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves)
 
 
+@_on_its_mesh
 def spectrum(
     op,
     method: str = "auto",
@@ -204,6 +208,7 @@ def spectrum(
     )
 
 
+@_on_its_mesh
 def spectra(
     op,
     method: str = "auto",

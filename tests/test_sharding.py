@@ -1,23 +1,43 @@
 """Sharded operator on 8 simulated CPU devices (set in conftest) equals the single-device one."""
 
+import contextlib
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from jax.sharding import AxisType, Mesh
 from jax.sharding import PartitionSpec as P
 from reference_models import NNX_MODELS, inputs
 
 import ntkspec
+from ntkspec import data, models
 from ntkspec.sharding import make_mesh, param_spec, shard_params
+from ntkspec.experiments.measure import Measure
+from ntkspec.experiments.train import make_optimizer, train
 
 RTOL = 1e-5
+# Meshes as users build them: jax.make_mesh (Explicit axes by default since JAX 0.7, or Auto), and
+# Mesh(...) directly (Auto). All have the devices and axes of make_mesh("data=4,model=2").
+MESHES = {
+    "make_mesh-explicit": lambda: jax.make_mesh((4, 2), ("data", "model")),
+    "make_mesh-auto": lambda: jax.make_mesh((4, 2), ("data", "model"), axis_types=(AxisType.Auto,) * 2),
+    "Mesh": lambda: Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model")),
+}
 
 
 @pytest.fixture(scope="module")
-def pair():
+def model_and_x():
     module = NNX_MODELS["relu_mlp"](nnx.Rngs(0), width=16)
     x = inputs("relu_mlp", 0, 6, jnp.float32)  # 6 samples on a data axis of 4: uneven
+    return module, x
+
+
+@pytest.fixture(scope="module")
+def pair(model_and_x):
+    module, x = model_and_x
     mesh = make_mesh("data=4,model=2")
     return ntkspec.ntk(module, x), ntkspec.ntk(module, x, mesh=mesh), mesh
 
@@ -92,28 +112,31 @@ def test_dense_kernel_rows_on_data():
     _close(k, ntkspec.ntk(module, x).dense())
 
 
-def test_training_and_spectra_match_single_device():
-    from ntkspec import data, models
-    from ntkspec.train import make_optimizer, train
+ADAM = make_optimizer("adam", 1e-2)  # one object for every run: one compiled training loop
 
-    split = data.split(data.load("digits"), 30, 14, jax.random.key(0), n_test=50)  # 14 on data=4: uneven
-    mesh = make_mesh("data=4,model=2")
-    results = {}
-    for name, m in (("single", None), ("sharded", mesh)):
-        records = []
+
+@functools.cache
+def _training(mesh, set_mesh=None):
+    """(records, result) of one short training run on `mesh` (None: one device), run once; with
+    `set_mesh`, the model is built and trained under `jax.set_mesh(set_mesh)`."""
+    records = []
+    with jax.set_mesh(set_mesh) if set_mesh is not None else contextlib.nullcontext():
+        split = data.split(data.load("digits"), 30, 14, jax.random.key(0), n_test=50)  # 14 on data=4: uneven
         model = models.build("mlp", (64,), 10, jax.random.key(1), width=16, depth=3)
-        train(
+        result = train(
             model,
             split,
-            make_optimizer("adam", 1e-2),
+            ADAM,
             [0, 3, 6],
-            jax.random.key(2),
-            top_k=5,
-            method="stochastic",
+            Measure(split, jax.random.key(2), top_k=5, method="stochastic", mesh=mesh),
             recorder=records.append,
-            mesh=m,
+            mesh=mesh,
         )
-        results[name] = records
+    return records, result
+
+
+def test_training_and_spectra_match_single_device():
+    results = {"single": _training(None)[0], "sharded": _training(make_mesh("data=4,model=2"))[0]}
     for a, b in zip(results["sharded"], results["single"], strict=True):
         fields = ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank", "init_alignment")
         for field in fields:
@@ -144,3 +167,110 @@ def test_cli_spectrum_with_a_mesh():
     assert "effective rank" in sharded.output.lower()
     bad = CliRunner().invoke(app, [*args, "--mesh", "data=3,model=5"])
     assert bad.exit_code != 0 and "mesh" in bad.output
+
+
+def _measures(op, v):
+    """What the operator gives: K v, diag K, K, the cosine kernel times v, and the exact spectrum."""
+    spectrum = ntkspec.spectrum(op, "exact")
+    return {
+        "matvec": op.matvec(v),
+        "diagonal": op.diagonal(),
+        "dense": op.dense(),
+        "cosine matvec": op.normalized().matvec(v),
+        "cosine diagonal": op.normalized().diagonal(),
+        "eigenvalues": spectrum.eigenvalues,
+        "entropy": spectrum.entropy,
+    }
+
+
+def _same_measures(got, want):
+    for name, value in want.items():
+        _close(got[name], value)
+
+
+@pytest.fixture(scope="module")
+def single_measures(pair):
+    single, _, _ = pair
+    v = jax.random.normal(jax.random.key(1), (single.shape[0], 5), jnp.float32)
+    return v, _measures(single, v)
+
+
+@pytest.mark.parametrize("kind", MESHES)
+def test_any_mesh_matches_single_device(kind, model_and_x, single_measures):
+    module, x = model_and_x
+    v, want = single_measures
+    mesh = MESHES[kind]()
+    op = ntkspec.ntk(module, x, mesh=mesh)
+    # Computed on the Auto view of the mesh: the same devices and axes as make_mesh's.
+    assert op.mesh == make_mesh("data=4,model=2")
+    assert op.mesh.axis_types == (AxisType.Auto, AxisType.Auto)
+    assert op.params["layers"][1]["kernel"].sharding.spec == P(None, "model")
+    _same_measures(_measures(op, v), want)
+
+
+def test_mesh_set_with_jax_set_mesh(model_and_x, single_measures):
+    module, x = model_and_x
+    _, want = single_measures
+    mesh = MESHES["make_mesh-explicit"]()
+    with jax.set_mesh(mesh):
+        op = ntkspec.ntk(module, x)  # mesh=None: the one set
+        v = jax.random.normal(jax.random.key(1), (op.shape[0], 5), jnp.float32)  # typed on `mesh`
+        got = _measures(op, v)
+        # Arrays come back replicated on the caller's mesh, usable by its sharding-typed code.
+        assert all(got[name].sharding.mesh == mesh for name in ("matvec", "diagonal", "dense"))
+        trace = jnp.trace(got["dense"])
+        dense_spectrum = ntkspec.spectrum(got["dense"], "exact")
+    assert op.mesh == make_mesh("data=4,model=2")
+    assert op.params["layers"][1]["kernel"].sharding.spec == P(None, "model")
+    _same_measures(got, want)
+    _close(trace, jnp.sum(want["diagonal"]))
+    _close(dense_spectrum.eigenvalues, want["eigenvalues"])
+
+
+def test_mesh_without_data_and_model_axes_gets_a_clear_error(model_and_x):
+    module, x = model_and_x
+    flat = jax.make_mesh((8,), ("batch",))
+    message = r"`mesh`: got {}, expected a jax.sharding.Mesh with axes 'data' and 'model'. Build one"
+    axes = r"a mesh with axes \('batch',\)"
+    with pytest.raises(ValueError, match=message.format(axes)):
+        ntkspec.ntk(module, x, mesh=flat)
+    with pytest.raises(ValueError, match=message.format("an object of type str")):
+        ntkspec.ntk(module, x, mesh="data=4,model=2")
+    with (
+        jax.set_mesh(flat),
+        pytest.raises(
+            ValueError, match=message.format("None, and the mesh set with jax.set_mesh is " + axes)
+        ),
+    ):
+        ntkspec.ntk(module, x)
+    with pytest.raises(ValueError, match=message.format(axes)):
+        train(module, None, ADAM, [0], mesh=flat)
+    with pytest.raises(ValueError, match=message.format(axes)):
+        shard_params({"w": jnp.zeros((4, 4))}, flat)
+    with pytest.raises(ValueError, match=r"`mesh`: got None, expected a jax.sharding.Mesh \(none is set"):
+        shard_params({"w": jnp.zeros((4, 4))}, None)
+
+
+def _same_training(run, reference):
+    (records, result), (want, single) = run, reference
+    for a, b in zip(records, want, strict=True):
+        fields = ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank", "init_alignment")
+        for field in fields:
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=RTOL), field
+        _close(a.top_eigenvalues, b.top_eigenvalues)
+    params, want_params = (jax.tree.leaves(nnx.state(r.model, nnx.Param)) for r in (result, single))
+    for a, b in zip(params, want_params, strict=True):
+        _close(a, b)
+
+
+@pytest.mark.parametrize("kind", MESHES)
+def test_training_on_any_mesh_matches_single_device(kind):
+    # The Auto meshes are make_mesh's own (JAX interns meshes): their run is the one above.
+    _same_training(_training(MESHES[kind]()), _training(None))
+
+
+def test_training_on_the_mesh_set_with_jax_set_mesh():
+    run = _training(None, set_mesh=MESHES["make_mesh-explicit"]())
+    _same_training(run, _training(None))
+    params = jax.tree.leaves(nnx.state(run[1].model, nnx.Param))
+    assert any("model" in leaf.sharding.spec for leaf in params)  # trained sharded on the set mesh

@@ -139,6 +139,7 @@ def _replay(graphdef, optimizer, params, opt_state, n_steps, x, y, x_test, y_tes
     return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, start))[2]
 
 
+@sharding.computes_on(lambda *args, mesh=None, **kwargs: sharding.as_mesh(mesh))
 def train(
     model: nnx.Module,
     split: Split,
@@ -173,8 +174,9 @@ def train(
     recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
     eval_every : epochs between two evaluations of the test loss (and of the trace).
     patience : stop this many epochs past the lowest test loss so far (None: train to the end).
-    mesh : a ("data", "model") mesh (`ntkspec.sharding.make_mesh`): parameters and optimizer states
-        split on "model", samples on "data"; the numbers equal the single-device ones.
+    mesh : a mesh with "data" and "model" axes (as for `ntkspec.ntk`; default: the mesh set with
+        `jax.set_mesh`, if any): parameters and optimizer states split on "model", samples on
+        "data"; the numbers equal the single-device ones.
     """
     epochs = np.asarray(epochs, dtype=np.int64)
     if epochs.ndim != 1 or epochs.size == 0 or epochs[0] < 0 or np.any(np.diff(epochs) <= 0):
@@ -187,6 +189,7 @@ def train(
     opt_state = optimizer.init(params)
     x_train, y_train = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
     x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
+    mesh = sharding.as_mesh(mesh)
     if mesh is not None:
         params, opt_state = sharding.shard_params((params, opt_state), mesh)
         x_train, y_train, x_test, y_test = (
