@@ -14,9 +14,9 @@ from reference_models import NNX_MODELS, inputs
 
 import ntkspec
 from ntkspec import data, models
-from ntkspec.sharding import make_mesh, param_spec, shard_params
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.train import make_optimizer, train
+from ntkspec.sharding import make_mesh, param_spec, shard_params
 
 RTOL = 1e-5
 # Meshes as users build them: jax.make_mesh (Explicit axes by default since JAX 0.7, or Auto), and
