@@ -39,6 +39,16 @@ def test_sweep_command_runs_analyzes_plots_and_resumes(tmp_path):
     assert again.exit_code == 0 and "0 run(s) trained, 2 already finished" in again.output
     half = runner.invoke(app, [*args, "--task", "0/2", "--no-progress", "--no-analyze"])
     assert half.exit_code == 0 and "1 already finished" in half.output
+    finished = runner.invoke(app, [*args, "--no-analyze"])  # progress on, nothing to train: no bar
+    assert finished.exit_code == 0 and "0/0" not in finished.output and "epochs" not in finished.output
+
+    packed = runner.invoke(app, ["pack", str(path)])
+    assert packed.exit_code == 0 and "tiny.zarr.zip" in packed.output
+    zipped = runner.invoke(app, ["analyze", str(path) + ".zip", "--out-dir", str(tmp_path / "z")])
+    assert zipped.exit_code == 0 and "width sweep, 2 runs" in zipped.output
+    assert (tmp_path / "z" / "tiny.table.csv").read_text() == (
+        tmp_path / "out" / "tiny.table.csv"
+    ).read_text()
 
 
 def test_sweep_command_reports_bad_input(tmp_path):
