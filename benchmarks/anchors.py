@@ -65,7 +65,7 @@ def gemm_floor(width: int, rows: int) -> float:
 
 def run(widths, venv: Path, n: int = 128, jacobian_max_width: int = 1024) -> dict:
     python = venv / "bin" / "python"
-    x = np.asarray(jax.random.uniform(jax.random.key(0), (n, 784), jnp.float32))
+    x = np.asarray(h.uniform_inputs(n))
     rows = []
     for width in widths:
         model = h.study_mlp(width, key=width)
