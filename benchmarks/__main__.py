@@ -23,7 +23,7 @@ def _sections(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
-    if argv[:1] == ["_worker"]:  # one measurement in a fresh process (see suite._spawn)
+    if argv[:1] == ["_worker"]:  # one measurement in a fresh process (see _harness.spawn_task)
         suite.worker(argv[1])
         return
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])

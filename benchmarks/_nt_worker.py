@@ -1,10 +1,12 @@
 """Runs inside the neural-tangents venv (see setup_neural_tangents.sh); not imported by ntkspec.
 
-Reads an .npz with the MLP's weights and inputs, times one of neural-tangents' `empirical_ntk_fn`
-implementations (nt_impl1, nt_impl2, nt_impl3) or a dense-Jacobian baseline (jacrev, then J J^T),
-prints JSON, and saves the kernel (sample-major) for the driver to compare. Warm-up, then best of 3
-(one timed run when the warm-up took over 5 s: implementations 1, 2 and jacrev). One candidate per
-process, so that one running out of memory does not take the others with it.
+Reads an .npz with the study MLP's weights (`ntkspec.models.MLP`, written by anchors.py) and inputs,
+applies them by a plain function (the form neural-tangents takes; ntkspec does not import here),
+times one of neural-tangents' `empirical_ntk_fn` implementations (nt_impl1, nt_impl2, nt_impl3) or a
+dense-Jacobian baseline (jacrev, then J J^T), prints JSON, and saves the kernel (sample-major) for
+the driver to compare. Warm-up, then best of 3 (one timed run when the warm-up took over 5 s:
+implementations 1, 2 and jacrev). One candidate per process, so that one running out of memory does
+not take the others with it.
 """
 
 import json

@@ -3,7 +3,7 @@ memory model (`ntkspec.memory`) against measured memory.
 
 The driver runs one worker subprocess per device count D in `--devices` (default 1,2,4,8) with
 `XLA_FLAGS=--xla_force_host_platform_device_count=D` set before JAX starts, on the meshes data=D
-and data=D/2,model=2. The model is the study's 3-layer MLP 784 -> w -> w -> 10 (`dense_kernel._MLP`)
+and data=D/2,model=2. The model is the study's 3-layer MLP 784 -> w -> w -> 10 (`_harness.study_mlp`)
 at N = 128 and N = 1024. Each worker records, per mesh and N:
 
 - seconds: best of `--repeats` calls of the compiled matvec / `dense()` after a warm-up;
@@ -28,48 +28,24 @@ Usage: python -m benchmarks.device_scaling [--devices 1,2,4,8] [--width 256] [--
 from __future__ import annotations
 
 import argparse
-import gc
 import json
-import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import nnx
+
+import ntkspec
+from benchmarks import _harness as h
+from ntkspec import memory
+from ntkspec.sharding import make_mesh, shard_batch, shard_params
 
 PROBES = 32
-
-
-def _status() -> dict[str, int]:
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                fields[name] = int(value.split()[0]) * 1024
-    return fields
-
-
-def _rss_rise(fn, *args) -> int:
-    """Peak resident bytes during fn(*args) above those before it (Linux only)."""
-    import jax
-
-    gc.collect()
-    time.sleep(0.2)  # let buffers freed by earlier calls go back first
-    before = _status()["VmRSS"]
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    jax.block_until_ready(fn(*args))
-    return _status()["VmHWM"] - before
-
-
-def _xla_peak(compiled) -> int:
-    m = compiled.memory_analysis()
-    return int(
-        m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-    )
 
 
 def _mesh_shape(mesh) -> tuple[int, int]:
@@ -81,23 +57,12 @@ def _sample_rows(k: np.ndarray) -> np.ndarray:
 
 
 def _worker(devices: int, width: int, ns: list[int], repeats: int, save_dir: str) -> list[dict]:
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    import ntkspec
-    from benchmarks._timing import best_time
-    from benchmarks.dense_kernel import _MLP
-    from ntkspec import memory
-    from ntkspec.operator import _dense, _matmat
-    from ntkspec.sharding import make_mesh
-
     assert len(jax.devices()) == devices, jax.devices()
     specs = [None] if devices == 1 else [f"data={devices}", f"data={devices // 2},model=2"]
-    model = _MLP(width, nnx.Rngs(1))
+    model = h.study_mlp(width)
     rows = []
     for n in ns:
-        x = jax.random.uniform(jax.random.key(0), (n, 784), jnp.float32)
+        x = h.uniform_inputs(n)
         v = jax.random.normal(jax.random.key(2), (n * 10, PROBES), jnp.float32)
         for spec in specs:
             mesh = None if spec is None else make_mesh(spec)
@@ -106,14 +71,14 @@ def _worker(devices: int, width: int, ns: list[int], repeats: int, save_dir: str
             shape = dict(depth=3, devices_data=data, devices_model=model_axis)
             row = {"devices": devices, "mesh": spec or "single", "width": width, "n": n}
             start = time.perf_counter()
-            matvec = _matmat.lower(op, v).compile()
-            dense = _dense.lower(op, "auto").compile()
+            matvec = h.compile_matvec(op, v)
+            dense = h.compile_dense(op)
             row["compile_s"] = time.perf_counter() - start
             kv, k = matvec(op, v), dense(op)
-            row["matvec_s"] = best_time(matvec, op, v, repeats=repeats if n <= 256 else 1)
-            row["dense_s"] = best_time(dense, op, repeats=repeats if n <= 256 else 1)
-            row["matvec_xla_bytes_per_device"] = _xla_peak(matvec)
-            row["dense_xla_bytes_per_device"] = _xla_peak(dense)
+            row["matvec_s"] = h.best_time(matvec, op, v, repeats=repeats if n <= 256 else 1)
+            row["dense_s"] = h.best_time(dense, op, repeats=repeats if n <= 256 else 1)
+            row["matvec_xla_bytes_per_device"] = h.xla_peak(matvec)
+            row["dense_xla_bytes_per_device"] = h.xla_peak(dense)
             row["matvec_model_bytes_per_device"] = memory.matvec_bytes(width, n, probe_block=PROBES, **shape)
             row["dense_model_bytes_per_device"] = memory.exact_kernel_bytes(width, n, **shape)
             name = f"{save_dir}/n{n}_{row['mesh']}"
@@ -128,18 +93,10 @@ def _worker(devices: int, width: int, ns: list[int], repeats: int, save_dir: str
 
 def _training_step(width: int, n_train: int, mesh):
     """A jit-compiled full-batch Adam step on the study MLP, state placed by `shard_params`."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-    from flax import nnx
-
-    from benchmarks.dense_kernel import _MLP
-    from ntkspec.sharding import shard_batch, shard_params
-
-    graphdef, params = nnx.split(_MLP(width, nnx.Rngs(1)), nnx.Param)
+    graphdef, params = nnx.split(h.study_mlp(width), nnx.Param)
     optimizer = optax.adam(1e-3)
     opt_state = optimizer.init(params)
-    x = jax.random.uniform(jax.random.key(0), (n_train, 784), jnp.float32)
+    x = h.uniform_inputs(n_train)
     y = jax.random.randint(jax.random.key(1), (n_train,), 0, 10)
     if mesh is not None:
         params, opt_state = shard_params(params, mesh), shard_params(opt_state, mesh)
@@ -158,42 +115,26 @@ def _training_step(width: int, n_train: int, mesh):
     return compiled, (params, opt_state, x, y)
 
 
-def _argument_bytes(*trees) -> int:
-    import jax
-
-    return sum(leaf.nbytes for leaf in jax.tree.leaves(trees) if hasattr(leaf, "nbytes"))
-
-
 def _memory_check_one(workload: str, width: int, n: int) -> dict:
     """Predicted against measured peak bytes of one workload on one device, in a fresh process:
     build and compile, then the rise of the resident set during the first call plus the bytes of
     the arguments already resident (in a process that has run other programs, buffers freed late
     hide part of the rise)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    import ntkspec
-    from benchmarks.dense_kernel import _MLP
-    from ntkspec import memory
-    from ntkspec.operator import _dense, _matmat
-
     if workload == "training":
         compiled, args = _training_step(width, n, None)
         predicted = memory.training_bytes(width, n)
     else:
-        x = jax.random.uniform(jax.random.key(0), (n, 784), jnp.float32)
-        op = ntkspec.ntk(_MLP(width, nnx.Rngs(1)), x)
+        op = h.study_operator(width, n)
         if workload == "matvec":
             v = jax.random.normal(jax.random.key(2), (n * 10, PROBES), jnp.float32)
-            compiled, args = _matmat.lower(op, v).compile(), (op, v)
+            compiled, args = h.compile_matvec(op, v), (op, v)
             predicted = memory.matvec_bytes(width, n, probe_block=PROBES)
         else:
-            compiled, args = _dense.lower(op, "auto").compile(), (op,)
+            compiled, args = h.compile_dense(op), (op,)
             predicted = memory.exact_kernel_bytes(width, n)
-    resident = _argument_bytes(*args)  # counted before a donated call consumes them
-    measured = _rss_rise(compiled, *args) + resident
-    xla = _xla_peak(compiled)
+    resident = h.argument_bytes(*args)  # counted before a donated call consumes them
+    measured = h.rss_rise(compiled, *args) + resident
+    xla = h.xla_peak(compiled)
     row = {
         "workload": workload,
         "width": width,
@@ -214,26 +155,16 @@ SWEEP_MESHES = ("data=1", "data=2", "data=8", "data=1,model=2", "data=1,model=8"
 def _matvec_sweep(widths: list[int], ns: list[int]) -> list[dict]:
     """Compile only (no run): XLA's per-device peak of the matvec against the model over widths,
     batch sizes and meshes of 8 devices."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    import ntkspec
-    from benchmarks.dense_kernel import _MLP
-    from ntkspec import memory
-    from ntkspec.operator import _matmat
-    from ntkspec.sharding import make_mesh
-
     rows = []
     for width in widths:
-        model = _MLP(width, nnx.Rngs(1))
+        model = h.study_mlp(width)
         for n in ns:
-            x = jax.random.uniform(jax.random.key(0), (n, 784), jnp.float32)
+            x = h.uniform_inputs(n)
             v = jnp.ones((n * 10, PROBES), jnp.float32)
             for spec in SWEEP_MESHES:
                 mesh = make_mesh(spec)
                 data, model_axis = _mesh_shape(mesh)
-                xla = _xla_peak(_matmat.lower(ntkspec.ntk(model, x, mesh=mesh), v).compile())
+                xla = h.xla_peak(h.compile_matvec(ntkspec.ntk(model, x, mesh=mesh), v))
                 predicted = memory.matvec_bytes(
                     width, n, probe_block=PROBES, devices_data=data, devices_model=model_axis
                 )
@@ -245,9 +176,6 @@ def _matvec_sweep(widths: list[int], ns: list[int]) -> list[dict]:
 
 def _training_sharded(devices: int, width: int, n_train: int) -> list[dict]:
     """XLA's per-device peak of the sharded training step against the model, on each mesh."""
-    from ntkspec import memory
-    from ntkspec.sharding import make_mesh
-
     specs = [None] if devices == 1 else [f"data={devices}", f"data={devices // 2},model=2"]
     rows = []
     for spec in specs:
@@ -261,7 +189,7 @@ def _training_sharded(devices: int, width: int, n_train: int) -> list[dict]:
                 "mesh": spec or "single",
                 "width": width,
                 "n_train": n_train,
-                "training_xla_bytes_per_device": _xla_peak(step),
+                "training_xla_bytes_per_device": h.xla_peak(step),
                 "training_model_bytes_per_device": predicted,
             }
         )
@@ -279,8 +207,6 @@ def capacity(
     """The memory model's answers: per depth, device memory and device count, the largest width
     for a full-batch Adam step on `n_train` samples and for a matvec (N = `n_ntk`, 32 probes), each
     over every mesh data x model = D, and the largest exact-kernel NTK batch at `exact_width`."""
-    from ntkspec import memory
-
     rows = []
     for depth in depths:
         for label, budget in budgets:
@@ -311,18 +237,11 @@ def capacity(
 
 
 def _spawn(args: list[str], devices: int) -> dict:
-    # Every allocation of 64 KiB or more is mmap-ed and given back on free, so the rise of the
-    # resident set during a call is that call's peak, not hidden by glibc reusing freed heap.
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="65536")
-    env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count={devices}".strip()
-    done = subprocess.run(
-        [sys.executable, "-m", "benchmarks.device_scaling", *args],
-        env=env,
-        check=True,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    """This module's worker (`args`) in a fresh process on `devices` simulated CPU devices."""
+    out = h.spawn(["benchmarks.device_scaling", *args], devices=devices, echo=True)
+    if "error" in out:
+        sys.exit(f"worker {' '.join(args)} on {devices} devices failed: {out['error']}")
+    return out
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -330,8 +249,6 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def run(devices, width, ns, repeats, check_widths, n_train) -> dict:
-    from benchmarks._timing import machine
-
     rows, training, max_rss = [], [], {}
     with tempfile.TemporaryDirectory() as save_dir:
         for d in devices:
@@ -365,7 +282,7 @@ def run(devices, width, ns, repeats, check_widths, n_train) -> dict:
         for workload, n in (("matvec", 128), ("exact", 512), ("training", n_train))
     ]
     return {
-        "machine": machine(),
+        "machine": h.machine(),
         "probes": PROBES,
         "rows": rows,
         "training": training,
@@ -427,9 +344,7 @@ def main() -> None:
             f"({row['training_mesh']}) trains; matvec to width {row['matvec_width']:,} "
             f"({row['matvec_mesh']}); exact kernel to N = {row['exact_n']:,}"
         )
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(result, f, indent=1)
+    h.write_json(args.out, result)
 
 
 if __name__ == "__main__":

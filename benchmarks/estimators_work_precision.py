@@ -1,12 +1,13 @@
 """Work-precision of the matrix-free estimators: relative error against matvecs.
 
 Kernels: K = U diag(i^-α) Uᵀ (Haar U; α = 0.5, 1, 2) and the empirical NTK of a ReLU MLP
-64→64→64→10 on scikit-learn digits (N = n/10 samples), all with exact float64 references.
+64→64→64→10 on scikit-learn digits (N = n/10 samples), all with exact float64 references
+(`ntkspec._testing`: `power_law`, `digits_ntk`, `exact_summary`).
 Panels: tr K (Hutchinson, Hutch++, XTrace, XNysTrace); effective rank (SLQ, ratio estimator with
 s = 10 steps, vs the Krylov-aware estimator with the exact trace and control variate); top-5
 eigenvalues (block Lanczos, b = 10, full reorthogonalisation). RMSE over seeds (median for top-k).
 
-    python benchmarks/estimators_work_precision.py --out benchmarks/results --n 500 --seeds 10
+    python -m benchmarks.estimators_work_precision --out benchmarks/results --n 500 --seeds 10
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import numpy as np
-from jax.flatten_util import ravel_pytree
-from sklearn.datasets import load_digits
 
+from benchmarks import _harness as h
+from ntkspec._testing import digits_ntk, exact_summary, power_law
 from ntkspec.estimators import (
     entropy_from_traces,
     hutchinson,
@@ -34,45 +34,7 @@ from ntkspec.estimators import (
     xtrace,
 )
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
 TRACE = {"Hutchinson": hutchinson, "Hutch++": hutchpp, "XTrace": xtrace, "XNysTrace": xnystrace}
-
-
-def power_law(alpha: float, n: int, seed: int = 0) -> np.ndarray:
-    lam = np.arange(1, n + 1, dtype=np.float64) ** -alpha
-    u, r = np.linalg.qr(np.random.default_rng(seed).standard_normal((n, n)))
-    u = u * np.sign(np.diag(r))
-    return (u * lam) @ u.T
-
-
-def digits_ntk(num_samples: int, width: int = 64, seed: int = 0) -> np.ndarray:
-    x = jnp.asarray(load_digits().data[:num_samples] / 16.0, jnp.float64)
-    key = jax.random.key(seed)
-    params = []
-    for fan_in, fan_out in [(64, width), (width, width), (width, 10)]:
-        key, sub = jax.random.split(key)
-        w = jax.random.normal(sub, (fan_in, fan_out), jnp.float64) * np.sqrt(2.0 / fan_in)
-        params.append((w, jnp.zeros(fan_out, jnp.float64)))
-    flat, unravel = ravel_pytree(params)
-
-    def outputs(p, sample):
-        h = sample
-        layers = unravel(p)
-        for w, b in layers[:-1]:
-            h = jax.nn.relu(h @ w + b)
-        return h @ layers[-1][0] + layers[-1][1]
-
-    jac = jax.vmap(jax.jacrev(outputs), in_axes=(None, 0))(flat, x).reshape(-1, flat.size)
-    return np.asarray(jac @ jac.T)
-
-
-def exact(kernel: np.ndarray) -> dict:
-    lam = np.clip(np.linalg.eigvalsh(kernel)[::-1], 0.0, None)
-    p = lam / lam.sum()
-    entropy = -np.sum(p[p > 0] * np.log(p[p > 0]))
-    return {"trace": float(np.trace(kernel)), "erank": float(np.exp(entropy)), "top": lam[:5]}
 
 
 def over_seeds(fn, kernel, keys):
@@ -85,12 +47,12 @@ def rmse(x) -> float:
 
 
 def run(n: int, seeds: int, trace_budgets, entropy_budgets, topk_budgets) -> dict:
-    kernels = {f"alpha={a}": power_law(a, n) for a in (0.5, 1.0, 2.0)}
+    kernels = {f"alpha={a}": power_law(a, n)[0] for a in (0.5, 1.0, 2.0)}
     kernels["digits NTK"] = digits_ntk(n // 10)
     keys = jax.random.split(jax.random.key(0), seeds)
     results = {}
     for label, kernel in kernels.items():
-        ref = exact(kernel)
+        ref = exact_summary(kernel)
         k = jnp.asarray(kernel)
         entry = {
             "trace": {},
@@ -119,7 +81,7 @@ def run(n: int, seeds: int, trace_budgets, entropy_budgets, topk_budgets) -> dic
         top_errs = []
         for budget in topk_budgets:
             out = over_seeds(lambda a, key, b=budget: top_eigenpairs(a, key, k=5, budget=b), k, keys)
-            top_errs.append(float(np.median(np.max(np.abs(out.values / ref["top"] - 1), axis=1))))
+            top_errs.append(float(np.median(np.max(np.abs(out.values / ref["eigenvalues"][:5] - 1), axis=1))))
         entry["top5"] = {"block Lanczos b=10": top_errs}
         results[label] = entry
         print(label, json.dumps({key: entry[key] for key in ("trace", "erank", "top5")}), flush=True)
@@ -128,7 +90,7 @@ def run(n: int, seeds: int, trace_budgets, entropy_budgets, topk_budgets) -> dic
 
 def plot(results: dict, budgets: dict, path: pathlib.Path) -> None:
     rows = len(results)
-    fig, axes = plt.subplots(rows, 3, figsize=(11, 2.6 * rows), squeeze=False)
+    fig, axes = h.pyplot().subplots(rows, 3, figsize=(11, 2.6 * rows), squeeze=False)
     titles = {"trace": "tr K", "erank": "effective rank", "top5": "top-5 eigenvalues"}
     for r, (label, entry) in enumerate(results.items()):
         for c, panel in enumerate(("trace", "erank", "top5")):
@@ -136,16 +98,13 @@ def plot(results: dict, budgets: dict, path: pathlib.Path) -> None:
             for name, errs in entry[panel].items():
                 ax.loglog(budgets[panel], np.maximum(errs, 1e-16), marker="o", label=name)
             ax.set_title(f"{label}: {titles[panel]}", fontsize=9)
-            ax.grid(True, which="both", alpha=0.3)
             if r == rows - 1:
                 ax.set_xlabel("matvecs")
             if c == 0:
                 ax.set_ylabel("relative error")
             if r == 0:
                 ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=70)
-    plt.close(fig)
+    h.save_figure(fig, path)
 
 
 def main() -> None:
@@ -174,9 +133,7 @@ def main() -> None:
         "device": str(jax.devices()[0]),
         "jax": jax.__version__,
     }
-    (args.out / "estimators_work_precision.json").write_text(
-        json.dumps({"meta": meta, "results": results}, indent=1)
-    )
+    h.write_json(args.out / "estimators_work_precision.json", {"meta": meta, "results": results})
     plot(results, budgets, args.out / "estimators_work_precision.png")
 
 

@@ -23,10 +23,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import scipy.linalg
-from jax.scipy.special import entr
 
 from ntkspec import sharding
 from ntkspec._errors import bad_value, describe
+from ntkspec.estimators._common import entropy_from_eigenvalues
 from ntkspec.estimators.dense import as_operator
 from ntkspec.estimators.quadrature import krylov_spectrum
 from ntkspec.operator import cosine_scale
@@ -81,12 +81,6 @@ class Spectrum:
     def mean_diagonal(self) -> float:
         """tr K / n, the normalisation other NTK tools report as "the trace"."""
         return self.trace / self.size
-
-
-def entropy_from_eigenvalues(eigenvalues: jax.Array) -> jax.Array:
-    """H = -sum p ln p with p = lambda / sum lambda; negative round-off clipped to 0, 0 ln 0 = 0."""
-    lam = jnp.clip(eigenvalues, 0.0)
-    return jnp.sum(entr(lam / jnp.sum(lam)))
 
 
 def eigvalsh(kernel: jax.Array) -> np.ndarray:

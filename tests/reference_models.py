@@ -1,9 +1,15 @@
-"""Small models for tests, and the independent float64 reference kernel (dense J by `jax.jacrev`)."""
+"""Small models for the tests, written independently of `ntkspec.models` on purpose.
+
+They are the independent check of the operator (tests/test_operator.py, test_spectrum.py,
+test_sharding.py): an nnx ReLU MLP with default initialisers, a residual MLP with LayerNorm (tanh,
+non-Dense parameters), a small CNN and a linen MLP (gelu), compared with the float64 reference kernel
+`ntkspec._testing.nnx_reference` (dense J by `jax.jacrev`). Models for anything else are built with
+`ntkspec.models.build`.
+"""
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 N_IN, N_OUT = 5, 3
@@ -66,23 +72,3 @@ NNX_MODELS = {"relu_mlp": ReluMLP, "residual_layernorm": ResidualLayerNormMLP, "
 def inputs(name, seed, n, dtype):
     shape = (n, 6, 6, 1) if name == "cnn" else (n, N_IN)
     return jax.random.normal(jax.random.key(100 + seed), shape, dtype)
-
-
-def reference_kernel(apply, params, x):
-    """K = J J^T in float64 numpy, J from `jax.jacrev` of the flattened outputs."""
-    params64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-    x64 = jnp.asarray(x, jnp.float64)
-    jac = jax.jacrev(lambda p: apply(p, x64).reshape(-1))(params64)
-    rows = np.concatenate([np.asarray(j).reshape(j.shape[0], -1) for j in jax.tree.leaves(jac)], 1)
-    return rows @ rows.T
-
-
-def nnx_reference(module, x):
-    graphdef, params, rest = nnx.split(module, nnx.Param, ...)
-    rest64 = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), rest)
-    return reference_kernel(lambda p, x: nnx.merge(graphdef, p, rest64)(x), params, x)
-
-
-def relative_error(got, want):
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return np.max(np.abs(got - want)) / np.max(np.abs(want))

@@ -5,9 +5,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
+import pytest
 from typer.testing import CliRunner
 
 import ntkspec
+from benchmarks import _harness as h
 from ntkspec.cli import app
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,3 +103,18 @@ def test_summary_renders_real_ntks_per_dataset_and_says_what_was_skipped(tmp_pat
     assert "Real NTKs (mnist): no mnist/ in --data-dir" in summary
     assert "- work-precision: 1 s, date not recorded, machine not recorded." in summary
     assert (tmp_path / "real_ntk_erank.png").stat().st_size > 0
+
+
+def test_harness_programs_are_what_the_library_runs():
+    """The suite's ahead-of-time programs give what `ntkspec.spectrum` and `op.matvec` give."""
+    op = h.study_operator(16, 8)
+    exact = ntkspec.spectrum(op, "exact")
+    assert h.exact_spectrum(op, "structured", 1)["effective_rank"] == pytest.approx(
+        exact.effective_rank, rel=1e-6
+    )
+    stochastic = ntkspec.spectrum(op, "stochastic", key=jax.random.key(0), budget=50)
+    got = h.stochastic_spectrum(op, 50, 1, key_seed=0)
+    assert got["effective_rank"] == pytest.approx(stochastic.effective_rank, rel=1e-6)
+    assert got["matvecs"] == stochastic.matvecs and got["xla_bytes"] > 0 and got["peak_bytes"] > 0
+    v = jax.random.normal(jax.random.key(1), (op.shape[0], 3), op.dtype)
+    np.testing.assert_allclose(h.compile_matvec(op, v)(op, v), op.matvec(v), rtol=1e-6)

@@ -5,9 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-from _estimator_kernels import digits_data, digits_ntk, exact_summary, power_law
 
 import ntkspec
+from ntkspec._testing import digits_data, digits_ntk, exact_summary, power_law
 from ntkspec.estimators import (
     eigenvector_rotation,
     kernel_alignment,

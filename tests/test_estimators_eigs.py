@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _estimator_kernels import digits_ntk, exact_summary, power_law
 
+from ntkspec._testing import digits_ntk, exact_summary, power_law
 from ntkspec.estimators import as_operator, top_eigenpairs
 
 

@@ -4,8 +4,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _estimator_kernels import power_law
 
+from ntkspec._testing import power_law
 from ntkspec.estimators import block_lanczos, ritz_pairs
 
 

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _estimator_kernels import digits_ntk, exact_summary, power_law
 
+from ntkspec._testing import digits_ntk, exact_summary, power_law
 from ntkspec.estimators import entropy_from_traces, krylov_spectrum, slq, xlogx
 from ntkspec.estimators._common import sample_std
 

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _estimator_kernels import digits_ntk, power_law
 
+from ntkspec._testing import digits_ntk, power_law
 from ntkspec.estimators import as_operator, hutchinson, hutchpp, xnystrace, xtrace
 
 ESTIMATORS = {

@@ -5,21 +5,18 @@ import pytest
 from flax import nnx
 
 from ntkspec import memory
+from ntkspec.models import build
 
 # Shapes only: the MLPs below are built under nnx.eval_shape, so nothing large is allocated.
-
-
-class _MLP(nnx.Module):
-    def __init__(self, sizes, rngs):
-        self.layers = nnx.List([nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes, sizes[1:], strict=False)])
 
 
 @pytest.mark.parametrize(
     ("width", "depth", "d_in", "n_outputs"), [(512, 3, 784, 10), (300, 4, 3072, 4), (7, 2, 5, 3)]
 )
 def test_parameter_count_matches_nnx(width, depth, d_in, n_outputs):
-    sizes = [d_in] + [width] * (depth - 1) + [n_outputs]
-    model = nnx.eval_shape(lambda: _MLP(sizes, nnx.Rngs(0)))
+    model = nnx.eval_shape(
+        lambda: build("mlp", (d_in,), n_outputs, jax.random.key(0), width=width, depth=depth)
+    )
     real = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
     assert memory.mlp_parameter_count(width, depth, d_in, n_outputs) == real
 

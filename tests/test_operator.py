@@ -6,16 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference_models import (
-    NNX_MODELS,
-    LinenMLP,
-    inputs,
-    nnx_reference,
-    reference_kernel,
-    relative_error,
-)
+from reference_models import NNX_MODELS, LinenMLP, inputs
 
 import ntkspec
+from ntkspec._testing import nnx_reference, reference_kernel, relative_error
 
 TOLERANCE = {jnp.float64: 1e-8, jnp.float32: 1e-4}
 N = 5

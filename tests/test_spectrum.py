@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from _estimator_kernels import power_law, reference
 
+from ntkspec._testing import power_law, reference
 from ntkspec.estimators import as_operator
 from ntkspec.spectrum import Spectrum, spectrum
 

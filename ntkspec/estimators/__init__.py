@@ -2,7 +2,7 @@
 and an explicit PRNG key, each returning a NamedTuple with the value, a standard error and
 diagnostics."""
 
-from ntkspec.estimators._common import xlogx
+from ntkspec.estimators._common import entropy_from_eigenvalues, entropy_from_traces, xlogx
 from ntkspec.estimators.alignment import (
     AlignmentEstimate,
     FrobeniusEstimate,
@@ -22,7 +22,6 @@ from ntkspec.estimators.lanczos import LanczosDecomposition, block_lanczos
 from ntkspec.estimators.quadrature import (
     KrylovSpectrum,
     QuadratureEstimate,
-    entropy_from_traces,
     krylov_spectrum,
     slq,
 )
@@ -49,6 +48,7 @@ __all__ = [
     "as_operator",
     "block_lanczos",
     "eigenvector_rotation",
+    "entropy_from_eigenvalues",
     "entropy_from_traces",
     "frobenius_norm_squared",
     "hutchinson",

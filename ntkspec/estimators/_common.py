@@ -1,4 +1,5 @@
-"""Shared plumbing of the estimators: operators as block matvecs, working and projected dtypes."""
+"""Shared plumbing of the estimators: operators as block matvecs, working and projected dtypes, and
+the spectral entropy (the one definition the library uses)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import entr
 
 from ntkspec._errors import bad_value, describe
 
@@ -60,6 +62,21 @@ def xlogx(x: jax.Array) -> jax.Array:
     x = jnp.clip(x, 0.0)
     safe = jnp.where(x > 0, x, 1.0)
     return jnp.where(x > 0, x * jnp.log(safe), 0.0)
+
+
+def entropy_from_traces(xlogx_trace, trace):
+    """H = ln T − S/T from S = tr(K ln K) and T = tr K (Roy & Vetterli 2007; erank = exp H)."""
+    return jnp.log(trace) - xlogx_trace / trace
+
+
+def entropy_from_eigenvalues(eigenvalues: jax.Array) -> jax.Array:
+    """H = −Σ p ln p with p = λ / Σ λ, the same H as `entropy_from_traces(Σ λ ln λ, Σ λ)`.
+
+    Negative round-off is clipped to 0 and 0 ln 0 = 0. Summed as p ln p (terms in [−1/e, 0], no
+    cancellation between ln T and S/T), in the dtype of `eigenvalues`.
+    """
+    lam = jnp.clip(eigenvalues, 0.0)
+    return jnp.sum(entr(lam / jnp.sum(lam)))
 
 
 def sample_std(x: jax.Array, ddof: int = 1) -> jax.Array:

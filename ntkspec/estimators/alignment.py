@@ -41,9 +41,9 @@ from ntkspec._errors import bad_value, describe
 from ntkspec.estimators._common import (
     as_block_matvec,
     check_positive_int,
+    entropy_from_eigenvalues,
     projected_dtype,
     sample_std,
-    xlogx,
 )
 
 
@@ -192,9 +192,7 @@ def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotati
     lam1, vec1 = jnp.linalg.eigh(k1)
     _, vec2 = jnp.linalg.eigh(k2)
     if rank is None:
-        lam = jnp.clip(lam1.astype(projected_dtype()), 0.0)
-        total = jnp.sum(lam)
-        entropy = jnp.log(total) - jnp.sum(xlogx(lam)) / total
+        entropy = entropy_from_eigenvalues(lam1.astype(projected_dtype()))
         rank = max(1, round(float(jnp.exp(entropy))))
     r = check_positive_int("rank", rank)
     return principal_angles(vec1[:, ::-1][:, :r], vec2[:, ::-1][:, :r])

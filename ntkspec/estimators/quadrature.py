@@ -37,6 +37,7 @@ from ntkspec._errors import bad_value
 from ntkspec.estimators._common import (
     as_block_matvec,
     check_positive_int,
+    entropy_from_traces,
     projected_dtype,
     sample_std,
     xlogx,
@@ -204,7 +205,7 @@ def krylov_spectrum(
         # ddof = 2: intercept and slope were both fitted to the m probes.
         xlogx_stderr = sample_std(gauss - slope * forms, ddof=2) / root_m
         entropy_stderr = xlogx_stderr / total
-    entropy = jnp.log(total) - xlogx_trace / total
+    entropy = entropy_from_traces(xlogx_trace, total)
     effective_rank = jnp.exp(entropy)
     ritz = ritz_pairs(decomposition, top_k)
     return KrylovSpectrum(
@@ -224,11 +225,6 @@ def krylov_spectrum(
         eigenvectors=ritz.vectors,
         matvecs=blocks * b + m * s,
     )
-
-
-def entropy_from_traces(xlogx_trace, trace):
-    """H = ln T − S/T from S = tr(K ln K) and T = tr K."""
-    return jnp.log(trace) - xlogx_trace / trace
 
 
 def _probe_quadrature(matvec, z, num_steps, n, dtype):
