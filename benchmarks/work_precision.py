@@ -48,11 +48,12 @@ def trained(model, split: data.Split, steps: int, lr: float = 1e-3):
     """`steps` full-batch Adam steps (cross-entropy) by ntkspec's trainer: (trained model, train acc.).
 
     The benchmarks' one use of the trainer; the spectra it records at the last step go unused."""
-    from ntkspec import train as trainer  # the one import of the trainer in benchmarks/
+    from ntkspec.experiments import measure, train  # the one use of the trainer in benchmarks/
 
     records = []
-    optimizer = trainer.make_optimizer("adam", lr)
-    result = trainer.train(model, split, optimizer, [steps], jax.random.key(0), recorder=records.append)
+    optimizer = train.make_optimizer("adam", lr)
+    recorder = measure.Measure(split, jax.random.key(0))
+    result = train.train(model, split, optimizer, [steps], recorder, recorder=records.append)
     if result.status != "complete":
         raise RuntimeError(result.message)
     return result.model, records[-1].train_accuracy
