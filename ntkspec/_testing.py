@@ -5,6 +5,8 @@
   estimator tests and the work-precision and alignment benchmarks use.
 * Synthetic spectra: power-law kernels K = U diag(i^-α) Uᵀ with Haar-distributed U (`power_law`).
 * Exact float64 summaries of a dense kernel (`exact_summary`, NumPy only) and `relative_error`.
+* Sweep stores written through the real writer (`store.RunWriter`) with synthetic records
+  (`synthetic_record`, `write_store`).
 
 Kernels are float64: call these with x64 enabled (the tests' conftest and the benchmarks' float64
 workers do). The builders are cached, so treat the arrays they return as read-only.
@@ -13,11 +15,16 @@ workers do). The builders are cached, so treat the arrays they return as read-on
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from ntkspec.experiments import store
+from ntkspec.experiments.config import SweepConfig, runs
+from ntkspec.experiments.records import SCALAR_FIELDS, Record
 
 # --------------------------------------------------------------------------------------------
 # Reference kernels.
@@ -139,3 +146,32 @@ def reference(label: str) -> tuple[np.ndarray, dict]:
     else:
         raise KeyError(label)
     return kernel, exact_summary(kernel)
+
+
+# --------------------------------------------------------------------------------------------
+# Sweep stores.
+
+TOP_K = 3
+
+
+def synthetic_record(epoch: int, value: float) -> Record:
+    """A record whose scalars are `value + epoch / 100` (so every run and record differs)."""
+    scalars = {name: value + epoch / 100 for name in SCALAR_FIELDS}
+    top = np.array([3.0, 2.0, 1.0]) * scalars["trace"]
+    return Record(epoch=epoch, method="exact", top_eigenvalues=top, cosine_top_eigenvalues=top / 2, **scalars)
+
+
+def write_store(path: Path, config: SweepConfig, lengths: dict[str, int], statuses: dict[str, str]) -> Path:
+    """Write the runs of `config` named in `lengths`, with that many records and the given status
+    ("complete" by default; "running" leaves the run unfinished)."""
+    root = store.open_store(path, config.to_dict())
+    for run in runs(config):
+        if run.name not in lengths:
+            continue
+        writer = store.RunWriter(root, run.name, run.attrs(config), TOP_K)
+        for epoch in range(lengths[run.name]):
+            writer.append(synthetic_record(10 * epoch, float(run.index)))
+        status = statuses.get(run.name, "complete")
+        if status != "running":
+            writer.finish(status, "loss became NaN" if status == "diverged" else "")
+    return path

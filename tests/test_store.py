@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from _stores import TOP_K, write_store
 from rich.console import Console
 
 import ntkspec
+from ntkspec._testing import TOP_K, write_store
 from ntkspec.experiments import report, store
 from ntkspec.experiments.analysis import analyze_store
 from ntkspec.experiments.config import SweepConfig, runs
