@@ -26,6 +26,7 @@ from ntkspec.experiments.fits import (
     fit_breakpoint,
     fit_offset_power_law,
     fit_power_law,
+    nanmean,
 )
 from ntkspec.experiments.records import KINDS, Kind
 from ntkspec.experiments.store import open_sweep
@@ -267,18 +268,11 @@ def _dynamics(
                 np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at]
             )
             columns["rate"].append(rates[run.name][at])
-        mean = {key: _nanmean(np.stack(column)) for key, column in columns.items()}
+        mean = {key: nanmean(np.stack(column), axis=0) for key, column in columns.items()}
         mean["epoch"] = np.asarray(epochs, dtype=np.float64)
         mean["min_epoch"] = np.array(np.mean([summaries[run.name].min_epoch for run in members]))
         out[value] = mean
     return out
-
-
-def _nanmean(values: np.ndarray) -> np.ndarray:
-    finite = np.isfinite(values)
-    count = finite.sum(axis=0)
-    total = np.where(finite, values, 0.0).sum(axis=0)
-    return np.divide(total, count, out=np.full(total.shape, np.nan), where=count > 0)
 
 
 def _table(

@@ -174,7 +174,7 @@ def fit_offset_power_law(
     """
     _check_level(n_boot, level)
     xs, values = _seed_matrix(x, y, seeds)
-    means = _nanmean_last(values[0])
+    means = nanmean(values[0])
     if np.sum(np.isfinite(means)) < 3:
         raise bad_value("x, y", f"{int(np.sum(np.isfinite(means)))} group(s) with a mean", "at least 3")
     last = int(np.nanargmin(means))
@@ -203,7 +203,7 @@ def fit_offset_power_law(
 
     slope, intercept, floor = fit(means[: last + 1])
     draws = _paired_resample(values[0][: last + 1], np.random.default_rng(rng), n_boot)
-    boot = np.array([fit(_nanmean_last(draw)) for draw in draws])
+    boot = np.array([fit(nanmean(draw)) for draw in draws])
     ok = np.all(np.isfinite(boot), axis=1)
     expanded = _expanded_level(level, values.shape[-1])
     lo, hi = _percentiles(boot[ok, 0], expanded)
@@ -234,9 +234,10 @@ def exponent_difference(a: PowerLaw, b: PowerLaw, level: float = 0.95) -> tuple[
     return diff, diff - half, diff + half
 
 
-def _nanmean_last(values: np.ndarray) -> np.ndarray:
+def nanmean(values: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Mean of the finite entries along `axis`; NaN where there is none (no warnings)."""
     finite = np.isfinite(values)
-    return safe_divide(np.where(finite, values, 0.0).sum(axis=-1), finite.sum(axis=-1))
+    return safe_divide(np.where(finite, values, 0.0).sum(axis=axis), finite.sum(axis=axis))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -402,8 +403,7 @@ def _paired_resample(values: np.ndarray, rng: np.random.Generator, n_boot: int) 
 
 def _log_means(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """log of the mean over the last axis (finite entries only), and a 0/1 weight where defined."""
-    finite = np.isfinite(values)
-    mean = safe_divide(np.where(finite, values, 0.0).sum(axis=-1), finite.sum(axis=-1))
+    mean = nanmean(values)
     defined = np.isfinite(mean) & (mean > 0)
     return np.log(np.where(defined, mean, 1.0)), defined.astype(np.float64)
 

@@ -82,8 +82,9 @@ class Measure:
     def __init__(
         self, split: data.Split, key: Key, *, top_k: int = 10, method: str = "auto", mesh: Mesh | None = None
     ):
-        self.x_ntk = jnp.asarray(split.x_ntk)
-        self.targets = one_hot_targets(np.asarray(split.y_ntk), split.num_classes)
+        # Host arrays: placed on whatever mesh the operator computes on, when it does.
+        self.x_ntk = np.asarray(split.x_ntk)
+        self.targets = np.asarray(one_hot_targets(np.asarray(split.y_ntk), split.num_classes))
         self.key = key
         self.top_k = top_k
         self.method = method
