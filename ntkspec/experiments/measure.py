@@ -85,7 +85,7 @@ class Measure:
         # Host arrays: placed on whatever mesh the operator computes on, when it does.
         self.x_ntk = np.asarray(split.x_ntk)
         self.targets = np.asarray(one_hot_targets(np.asarray(split.y_ntk), split.num_classes))
-        self.key = key
+        self.key_data = np.asarray(jax.random.key_data(key))
         self.top_k = top_k
         self.method = method
         self.mesh = mesh
@@ -99,7 +99,11 @@ class Measure:
 
     def spectra(self, op, epoch: int) -> tuple[Spectrum, Spectrum]:
         """Spectra of K and of its cosine kernel, with this record's probe key."""
-        return spectra(op, method=self.method, key=jax.random.fold_in(self.key, epoch), top_k=self.top_k)
+        return spectra(op, method=self.method, key=self._key(epoch), top_k=self.top_k)
+
+    def _key(self, epoch: int) -> Key:
+        """The probe key of the record at `epoch` (made where it is used: on the current mesh)."""
+        return jax.random.fold_in(jax.random.wrap_key_data(self.key_data), epoch)
 
     def trace(self, model: nnx.Module) -> float:
         """tr K of `model` on the NTK batch, from its exact diagonal (per-layer norms where structured)."""
@@ -114,7 +118,7 @@ class Measure:
         op = self.operator(model)
         raw, cosine = self.spectra(op, epoch)
         self.first = op if self.first is None else self.first
-        key = jax.random.fold_in(self.key, epoch)
+        key = self._key(epoch)
         alignment = self._alignment(op, jax.random.fold_in(key, 1))
         label = self._label_alignment(op, jax.random.fold_in(key, 2))
         rank = max(1, round(raw.effective_rank))
