@@ -1,6 +1,7 @@
 """ntkspec: spectra of the empirical neural tangent kernel of real networks, at any width."""
 
 from ntkspec import estimators as estimators
+from ntkspec import infinite as infinite
 from ntkspec import memory as memory
 from ntkspec import sharding as sharding
 from ntkspec.estimators import as_operator as as_operator
