@@ -164,14 +164,14 @@ _rpcholesky_jit = jax.jit(_rpcholesky, static_argnums=(3, 4))
 
 
 def _woodbury(low: LowRank, shift) -> Callable[[jax.Array], jax.Array]:
-    """r ↦ (F Fᵀ + shift·I)^{-1} r through the thin SVD of F."""
+    """r ↦ (F Fᵀ + shift·I)^{-1} r = r / shift + U ((S² + shift)^{-1} − 1/shift) Uᵀ r, F = U S Vᵀ."""
     u, s, _ = jnp.linalg.svd(low.factor, full_matrices=False)
-    inverse = 1 / (s * s + shift)
+    weights = (1 / (s * s + shift) - 1 / shift)[:, None]
 
     def apply(r):
-        ur = jnp.matmul(u.T, r, precision=_HIGHEST)
-        inside = jnp.matmul(u, inverse[:, None] * ur, precision=_HIGHEST)
-        return inside + (r - jnp.matmul(u, ur, precision=_HIGHEST)) / shift
+        # einsum rather than u.T @ r: XLA:CPU ran the transposed product 5x slower (10⁴ × 128)
+        ur = jnp.einsum("nr,nk->rk", u, r, precision=_HIGHEST)
+        return r / shift + jnp.einsum("nr,rk->nk", u, weights * ur, precision=_HIGHEST)
 
     return apply
 
@@ -247,7 +247,7 @@ def _solve_operator(op, diagonal, b, ridge, key, rounds, block, tol, max_iterati
     return _cg(matvec, b, ridge, precondition, tol, max_iterations)
 
 
-_solve_operator_jit = jax.jit(_solve_operator, static_argnums=(5, 6, 8, 9))
+_solve_operator_jit = jax.jit(_solve_operator, static_argnums=(5, 6, 9))
 
 
 def _as_kernel_operator(kernel):
@@ -394,7 +394,6 @@ def fit(
             "a PSD kernel",
         )
     rounds, block = _rounds(rank, block_size, n)
-    key = jax.random.key(0) if key is None else key  # unused without the preconditioner
     matrix = b[:, None] if b.ndim == 1 else b
     run = _solve_operator_jit if _is_pytree(op) else _solve_operator
     x, iterations, residual, broken = run(
