@@ -69,10 +69,12 @@ class KernelRegression(NamedTuple):
 
     `residual` is max over target columns of ‖(K + ridge·I) a − y‖ / ‖y‖, recomputed from the kernel;
     `converged` is residual <= `tol`. `status` is "converged", "max_iterations", "breakdown" (a
-    non-positive curvature: the kernel is not PSD, or round-off dominates) or, for Cholesky,
-    "inaccurate" (the direct solve misses `tol`: K + ridge·I is ill-conditioned in this
-    precision). `iterations` counts the conjugate-gradient steps (block matvecs), 0 for Cholesky;
-    `preconditioner_rank` is the rank of the RPCholesky factor (0 without one).
+    non-positive curvature: the kernel is not PSD, or round-off dominates), "stagnated" (the CG
+    recurrence met `tol` but the recomputed residual did not, after `RESTARTS` restarts: `tol` is
+    below what this precision attains) or, for Cholesky, "inaccurate" (the direct solve misses
+    `tol`: K + ridge·I is ill-conditioned in this precision). `iterations` counts the conjugate-
+    gradient steps (block matvecs), 0 for Cholesky; `preconditioner_rank` is the rank of the
+    RPCholesky factor (0 without one).
     """
 
     coefficients: jax.Array
@@ -251,12 +253,17 @@ _solve_operator_jit = jax.jit(_solve_operator, static_argnums=(5, 6, 9))
 
 
 def _as_kernel_operator(kernel):
-    if hasattr(kernel, "matvec") and hasattr(kernel, "diagonal") and hasattr(kernel, "shape"):
-        shape = tuple(kernel.shape)
-        if len(shape) != 2 or shape[0] != shape[1]:
-            raise bad_value("kernel", describe(kernel), "a square (n, n) kernel operator")
-        return kernel
-    return as_operator(kernel)
+    if not hasattr(kernel, "matvec"):
+        return as_operator(kernel)
+    shape = tuple(getattr(kernel, "shape", ()))
+    if len(shape) != 2 or shape[0] != shape[1] or not hasattr(kernel, "diagonal"):
+        raise bad_value(
+            "kernel",
+            describe(kernel),
+            "a square (n, n) kernel operator with .shape, .dtype, .matvec and .diagonal()",
+            "A cross kernel K(x*, X) goes to .predict(), not to fit().",
+        )
+    return kernel
 
 
 def _check_targets(targets, n: int, dtype) -> jax.Array:
@@ -401,7 +408,12 @@ def fit(
     )
     residual, broken, iterations = float(residual), bool(broken), int(iterations)
     converged = residual <= tol
-    status = "converged" if converged else ("breakdown" if broken else "max_iterations")
+    if converged:
+        status = "converged"
+    elif broken:
+        status = "breakdown"
+    else:
+        status = "max_iterations" if iterations >= max_iterations else "stagnated"
     return KernelRegression(
         x[:, 0] if b.ndim == 1 else x,
         method,
