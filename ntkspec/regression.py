@@ -22,13 +22,14 @@ The conjugate gradient loop is written here rather than taken from `jax.scipy.sp
 which reports neither iterations nor residuals and treats a block of right-hand sides as one vector
 (shared step sizes); here every column has its own step sizes and stops at its own tolerance, all
 columns share one block matvec per iteration, and the returned residual is recomputed from K, not
-taken from the recurrence. A non-positive curvature pᵀ(K + λI)p ≤ 0 (a kernel that is not PSD) stops
-that column and the result says "breakdown".
+taken from the recurrence (where the two have drifted apart, CG restarts from the true residual, and
+says "stagnated" if that does not reach `tol`). A non-positive curvature pᵀ(K + λI)p ≤ 0 (a kernel
+that is not PSD) stops that column and the result says "breakdown".
 
 Operators for predictions and for the pseudo-NTK:
 
 * `cross_kernel(op, x_test)`: K(x*, X) = J(x*) J(X)ᵀ of an `NTKOperator` (raw or cosine, or a
-  pseudo-NTK), shape (M·C, N·C), as a matvec J(x*) (J(X)ᵀ V) from `jax.vjp` and `jax.linearize`,
+  pseudo-NTK), shape (M·C, N·C), as a matvec J(x*) (J(X)ᵀ V) from `jax.vjp` and `jax.jvp`,
   so that matrix-free predictions never form a kernel.
 * `pseudo_ntk(model, ...)`: the NTK of g = Σ_c f_c / √C, an N×N kernel, C² smaller than the NTK
   and its leading part (Mohamadi, Bae & Sutherland, "A fast, well-founded approximation to the
@@ -488,7 +489,8 @@ def cross_kernel(op: NTKOperator, x_test: Float[Array, " M *features"]) -> Cross
     """The cross kernel K(x*, X) of an `NTKOperator` (raw, cosine or pseudo) and test inputs.
 
     K(x*, X) V = J(x*) (J(X)ᵀ V): one reverse pass over the training chunks, one forward pass over
-    the test chunks, per block of `op.probe_block` columns; no kernel is formed. For the cosine
+    the test samples (in chunks of `op.chunk_size`), per block of `op.probe_block` columns; no
+    kernel is formed. For the cosine
     kernel both sides are scaled, D*^{-1/2} J(x*) J(X)ᵀ D^{-1/2}, with D* = diag K(x*, x*) exact.
     """
     if not isinstance(op, NTKOperator):
