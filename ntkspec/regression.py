@@ -22,13 +22,14 @@ The conjugate gradient loop is written here rather than taken from `jax.scipy.sp
 which reports neither iterations nor residuals and treats a block of right-hand sides as one vector
 (shared step sizes); here every column has its own step sizes and stops at its own tolerance, all
 columns share one block matvec per iteration, and the returned residual is recomputed from K, not
-taken from the recurrence. A non-positive curvature pᵀ(K + λI)p ≤ 0 (a kernel that is not PSD) stops
-that column and the result says "breakdown".
+taken from the recurrence (where the two have drifted apart, CG restarts from the true residual, and
+says "stagnated" if that does not reach `tol`). A non-positive curvature pᵀ(K + λI)p ≤ 0 (a kernel
+that is not PSD) stops that column and the result says "breakdown".
 
 Operators for predictions and for the pseudo-NTK:
 
 * `cross_kernel(op, x_test)`: K(x*, X) = J(x*) J(X)ᵀ of an `NTKOperator` (raw or cosine, or a
-  pseudo-NTK), shape (M·C, N·C), as a matvec J(x*) (J(X)ᵀ V) from `jax.vjp` and `jax.linearize`,
+  pseudo-NTK), shape (M·C, N·C), as a matvec J(x*) (J(X)ᵀ V) from `jax.vjp` and `jax.jvp`,
   so that matrix-free predictions never form a kernel.
 * `pseudo_ntk(model, ...)`: the NTK of g = Σ_c f_c / √C, an N×N kernel, C² smaller than the NTK
   and its leading part (Mohamadi, Bae & Sutherland, "A fast, well-founded approximation to the
@@ -69,10 +70,12 @@ class KernelRegression(NamedTuple):
 
     `residual` is max over target columns of ‖(K + ridge·I) a − y‖ / ‖y‖, recomputed from the kernel;
     `converged` is residual <= `tol`. `status` is "converged", "max_iterations", "breakdown" (a
-    non-positive curvature: the kernel is not PSD, or round-off dominates) or, for Cholesky,
-    "inaccurate" (the direct solve misses `tol`: K + ridge·I is ill-conditioned in this
-    precision). `iterations` counts the conjugate-gradient steps (block matvecs), 0 for Cholesky;
-    `preconditioner_rank` is the rank of the RPCholesky factor (0 without one).
+    non-positive curvature: the kernel is not PSD, or round-off dominates), "stagnated" (the CG
+    recurrence met `tol` but the recomputed residual did not, after `RESTARTS` restarts: `tol` is
+    below what this precision attains) or, for Cholesky, "inaccurate" (the direct solve misses
+    `tol`: K + ridge·I is ill-conditioned in this precision). `iterations` counts the conjugate-
+    gradient steps (block matvecs), 0 for Cholesky; `preconditioner_rank` is the rank of the
+    RPCholesky factor (0 without one).
     """
 
     coefficients: jax.Array
@@ -251,12 +254,17 @@ _solve_operator_jit = jax.jit(_solve_operator, static_argnums=(5, 6, 9))
 
 
 def _as_kernel_operator(kernel):
-    if hasattr(kernel, "matvec") and hasattr(kernel, "diagonal") and hasattr(kernel, "shape"):
-        shape = tuple(kernel.shape)
-        if len(shape) != 2 or shape[0] != shape[1]:
-            raise bad_value("kernel", describe(kernel), "a square (n, n) kernel operator")
-        return kernel
-    return as_operator(kernel)
+    if not hasattr(kernel, "matvec"):
+        return as_operator(kernel)
+    shape = tuple(getattr(kernel, "shape", ()))
+    if len(shape) != 2 or shape[0] != shape[1] or not hasattr(kernel, "diagonal"):
+        raise bad_value(
+            "kernel",
+            describe(kernel),
+            "a square (n, n) kernel operator with .shape, .dtype, .matvec and .diagonal()",
+            "A cross kernel K(x*, X) goes to .predict(), not to fit().",
+        )
+    return kernel
 
 
 def _check_targets(targets, n: int, dtype) -> jax.Array:
@@ -401,7 +409,12 @@ def fit(
     )
     residual, broken, iterations = float(residual), bool(broken), int(iterations)
     converged = residual <= tol
-    status = "converged" if converged else ("breakdown" if broken else "max_iterations")
+    if converged:
+        status = "converged"
+    elif broken:
+        status = "breakdown"
+    else:
+        status = "max_iterations" if iterations >= max_iterations else "stagnated"
     return KernelRegression(
         x[:, 0] if b.ndim == 1 else x,
         method,
@@ -476,7 +489,8 @@ def cross_kernel(op: NTKOperator, x_test: Float[Array, " M *features"]) -> Cross
     """The cross kernel K(x*, X) of an `NTKOperator` (raw, cosine or pseudo) and test inputs.
 
     K(x*, X) V = J(x*) (J(X)ᵀ V): one reverse pass over the training chunks, one forward pass over
-    the test chunks, per block of `op.probe_block` columns; no kernel is formed. For the cosine
+    the test samples (in chunks of `op.chunk_size`), per block of `op.probe_block` columns; no
+    kernel is formed. For the cosine
     kernel both sides are scaled, D*^{-1/2} J(x*) J(X)ᵀ D^{-1/2}, with D* = diag K(x*, x*) exact.
     """
     if not isinstance(op, NTKOperator):

@@ -100,6 +100,13 @@ def test_not_converged_says_so():
     assert result.residual > result.tol
 
 
+def test_unattainable_tolerance_says_stagnated():
+    k = _psd(50, 60, 0)
+    result = regression.fit(as_operator(jnp.asarray(k)), jnp.ones(50), method="cg", tol=1e-17)
+    assert not result.converged and result.status == "stagnated" and result.iterations < 1000
+    assert result.residual < 1e-12  # as far as float64 goes
+
+
 def test_indefinite_operator_breaks_down():
     k = np.array([[1.0, 2.0], [2.0, 1.0]])  # eigenvalues 3 and -1, positive diagonal
     result = regression.fit(as_operator(jnp.asarray(k)), jnp.array([1.0, 0.0]), method="cg")
@@ -199,5 +206,7 @@ def test_bad_operator_input(model, x):
         regression.fit(jnp.eye(3), jnp.ones(3)).predict(jnp.ones((2, 5)))
     with pytest.raises(ValueError, match="NTKOperator"):
         regression.cross_kernel(as_operator(jnp.eye(3)), x)
+    with pytest.raises(ValueError, match="goes to .predict"):
+        regression.fit(regression.cross_kernel(op, x[:2]), jnp.ones(N * C), key=jax.random.key(0))
     with pytest.raises(ValueError, match="inputs like x"):
         regression.cross_kernel(op, x[:, :2])
