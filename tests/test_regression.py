@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference_models import ReluMLP, nnx_reference
+from reference_models import ReluMLP
 
 import ntkspec
 from ntkspec import infinite, models, regression
+from ntkspec._testing import nnx_reference
 from ntkspec.estimators import as_operator
 
 N, C, D_IN = 12, 3, 5  # reference_models' ReluMLP: 5 inputs, 3 outputs
