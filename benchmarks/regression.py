@@ -36,6 +36,8 @@ import sys
 import time
 from pathlib import Path
 
+from benchmarks._harness import best_time
+
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "regression.json"
 BLOCK = 32
@@ -60,18 +62,6 @@ def _setup(n: int, width: int, data_dir: Path):
     return op, y, float(jnp.mean(op.diagonal()))
 
 
-def _best(fn, *args, repeats: int = 3) -> float:
-    import jax
-
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return min(times)
-
-
 def _solves(n: int, args) -> list[dict]:
     import jax
     import jax.numpy as jnp
@@ -82,7 +72,7 @@ def _solves(n: int, args) -> list[dict]:
     rows_count = op.shape[0]
     large = rows_count >= LARGE
     matvec = {
-        k: _best(op.matvec, jnp.ones((rows_count, k), jnp.float64), repeats=1 if large else 3)
+        k: best_time(op.matvec, jnp.ones((rows_count, k), jnp.float64), repeats=1 if large else 3)
         for k in (1, BLOCK)
     }
     ridges = args.large_ridges if large else args.ridges
