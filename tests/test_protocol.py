@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from reference_models import reference_kernel
+from ntkspec._testing import reference_kernel
 
 import ntkspec
 from ntkspec import data, models
