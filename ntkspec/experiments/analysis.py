@@ -19,6 +19,7 @@ import numpy as np
 import xarray as xr
 
 from ntkspec.experiments import report
+from ntkspec.experiments.against_kernels import KernelScaling, kernel_scaling
 from ntkspec.experiments.fits import (
     Breakpoint,
     PowerLaw,
@@ -35,12 +36,14 @@ from ntkspec.experiments.summaries import FITTED, QUANTITIES, RunSummary, adapta
 
 @dataclasses.dataclass(frozen=True)
 class Run:
-    """One run of a sweep: its attributes and its record arrays cut to `n_records`."""
+    """One run of a sweep: its attributes, its record arrays cut to `n_records`, its trajectory and
+    its kernel regressions (`kernels`: "kernel" names and each `kernel_<field>` as `<field>`)."""
 
     name: str
     attrs: dict[str, Any]
     records: dict[str, np.ndarray]
     trajectory: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    kernels: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     @property
     def at_min(self) -> dict[str, float] | None:
@@ -98,6 +101,7 @@ def read_store(path: str | Path) -> Sweep:
     per_run = [v for v in dataset.data_vars if dataset[v].dims == (swept.dim, "seed")]
     per_record = [v for v in (*dataset.data_vars, "epoch") if "record" in dataset[v].dims]
     per_step = [v for v in (*dataset.data_vars, *dataset.coords) if "step" in dataset[v].dims]
+    per_kernel = [v for v in dataset.data_vars if dataset[v].dims == (swept.dim, "seed", "kernel")]
     runs: dict[str, Run] = {}
     for i, value in enumerate(dataset[swept.dim].values):
         for j, seed in enumerate(dataset["seed"].values):
@@ -112,7 +116,10 @@ def read_store(path: str | Path) -> Sweep:
             records = {v: np.asarray(cell[v].values[:n]) for v in per_record}
             steps = np.isfinite(cell["trajectory_epoch"].values) if per_step else []
             trajectory = {v.removeprefix("trajectory_"): np.asarray(cell[v].values[steps]) for v in per_step}
-            runs[name] = Run(name, attrs, records, trajectory)
+            kernels = {v.removeprefix("kernel_"): np.asarray(cell[v].values) for v in per_kernel}
+            if per_kernel:
+                kernels["kernel"] = np.asarray(dataset["kernel"].values)
+            runs[name] = Run(name, attrs, records, trajectory, kernels)
     for name, message in dataset.attrs["unreadable"].items():
         runs[name] = Run(name, {"status": "unreadable", "message": message}, {})
     return Sweep(dataset, runs)
@@ -132,7 +139,9 @@ class Analysis:
     `not_fitted` says why a fit is missing, keyed "fit <quantity>" or "breakpoint <name>".
     `rates` holds each summarised run's adaptation rate per record; `dynamics` the seed-mean curves
     per swept value (epoch, trace, effective rank, ln train loss, rate) at the epochs all its runs
-    recorded. `expected_runs` is what the config asks for (None if it cannot say).
+    recorded. `expected_runs` is what the config asks for (None if it cannot say). `kernels`: the
+    network's data scaling against its kernels' (`against_kernels.kernel_scaling`), for a sweep whose
+    config names `kernels` (else None).
     """
 
     sweep: Sweep
@@ -147,6 +156,7 @@ class Analysis:
     rates: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     dynamics: dict[float, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     expected_runs: int | None = None
+    kernels: KernelScaling | None = None
 
     @property
     def x_name(self) -> str:
@@ -222,6 +232,9 @@ def analyze_store(
     else:
         fits, breaks, why = {}, {}, {"all": "no complete run to analyse"}
     rates = {r.name: adaptation_rate(r.records["trace"], r.records["train_loss"], window) for r in runs}
+    kernels = None
+    if sweep.config.get("kernels") and runs:
+        kernels = kernel_scaling(runs, x_name, sweep.config, n_boot=n_boot, rng=np.random.default_rng(rng))
     return Analysis(
         sweep,
         runs,
@@ -235,6 +248,7 @@ def analyze_store(
         rates,
         _dynamics(runs, x_name, rates, summaries),
         sweep.attrs.get("expected_runs"),
+        kernels,
     )
 
 

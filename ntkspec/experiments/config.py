@@ -23,12 +23,13 @@ import numpy as np
 from ntkspec import data, models
 from ntkspec._errors import bad_value
 from ntkspec._typing import Key
-from ntkspec.experiments.records import KINDS, RUN_FIELDS
+from ntkspec.experiments.records import KERNELS, KINDS, RUN_FIELDS
 from ntkspec.spectrum import METHODS
 
 OPTIMIZERS = ("adam", "sgd")
 SPACINGS = ("linear", "log")
 DTYPES = ("float32", "float64")
+_KERNEL_FIELDS = ("kernels", "pretrained_samples", "kernel_ridge")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +58,11 @@ class SweepConfig:
     top_k, method : top eigenvalues kept per record, spectrum method.
     dtype : parameter and input dtype.
     store : store path (default "runs/{name}.zarr").
+    kernels : for kind "data_size", kernels to fit kernel regression with after each run's training
+        (`records.KERNELS`; see `against_kernels`); empty: none.
+    pretrained_samples : k of the "pretrained" kernel, one of `data_sizes` (the eNTK of that size's
+        trained network of the same seed; fitted for sizes n >= k).
+    kernel_ridge : ρ of the kernel regressions' ridge λ = ρ · tr K / rows.
     """
 
     name: str = "sweep"
@@ -91,6 +97,9 @@ class SweepConfig:
     method: str = "auto"
     dtype: str = "float32"
     store: str | None = None
+    kernels: tuple[str, ...] = ()
+    pretrained_samples: int | None = None
+    kernel_ridge: float = 1e-4
 
     @classmethod
     def from_dict(cls, values: dict) -> SweepConfig:
@@ -183,6 +192,7 @@ class SweepConfig:
                 raise bad_value(
                     "classes", list(self.classes), f"two or more distinct classes of {self.dataset}: {known}"
                 )
+        self._check_kernels()
         if self.model == "cnn" and self.kind == "width":
             raise bad_value(
                 "kind",
@@ -191,11 +201,50 @@ class SweepConfig:
                 "The CNN has a fixed width (32 filters, 64 dense units).",
             )
 
+    def _check_kernels(self) -> None:
+        kernels, k = self.kernels, self.pretrained_samples
+        unknown = [name for name in kernels if name not in KERNELS]
+        if unknown or len(set(kernels)) != len(kernels):
+            raise bad_value("kernels", list(kernels), f"distinct names of {KERNELS}")
+        if kernels and self.kind != "data_size":
+            raise bad_value(
+                "kernels",
+                list(kernels),
+                "none for kind " + repr(self.kind),
+                "Kernels go with kind 'data_size'.",
+            )
+        infinite = [name for name in kernels if name in ("ntk_infinite", "nngp")]
+        if infinite and self.model != "mlp":
+            raise bad_value(
+                "kernels",
+                list(kernels),
+                f"no {infinite} with model {self.model!r}",
+                "K∞ and the NNGP are the MLP's.",
+            )
+        if not self.kernel_ridge > 0:
+            raise bad_value("kernel_ridge", self.kernel_ridge, "a positive number (λ = ρ · tr K / rows)")
+        if "pretrained" not in kernels:
+            if k is not None:
+                raise bad_value("pretrained_samples", k, "no value without 'pretrained' in kernels")
+            return
+        if k is None or k not in self.data_sizes:
+            raise bad_value(
+                "pretrained_samples",
+                k,
+                f"one of data_sizes {list(self.data_sizes)} with 'pretrained' in kernels",
+                "The pretrained network is that size's run of the same seed (its learning rate too).",
+            )
+
     def to_dict(self) -> dict:
-        """Plain TOML/JSON-friendly values (tuples as lists, None dropped)."""
+        """Plain TOML/JSON-friendly values (tuples as lists, None dropped).
+
+        The kernel fields appear only where `kernels` is set, so that a store written before they
+        existed still matches its config (`store.open_store`).
+        """
         out = {}
+        unused = () if self.kernels else _KERNEL_FIELDS
         for key, value in dataclasses.asdict(self).items():
-            if value is not None:
+            if value is not None and key not in unused:
                 out[key] = list(value) if isinstance(value, tuple) else value
         return out
 

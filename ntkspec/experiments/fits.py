@@ -234,6 +234,44 @@ def exponent_difference(a: PowerLaw, b: PowerLaw, level: float = 0.95) -> tuple[
     return diff, diff - half, diff + half
 
 
+def paired_exponent_difference(
+    x: ArrayLike,
+    y_a: ArrayLike,
+    y_b: ArrayLike,
+    seeds: ArrayLike,
+    *,
+    n_boot: int = 1000,
+    level: float = 0.95,
+    rng: np.random.Generator | int = 0,
+) -> tuple[float, float, float]:
+    """exponent(a) − exponent(b) of two power laws fitted to the same runs, and its interval.
+
+    For two quantities of one sweep (e.g. a network's test error and its kernel's, per run): both
+    are fitted on the groups where both means are positive, and each bootstrap replicate resamples
+    the seed labels once for both, so the interval keeps their correlation across seeds (expanded
+    percentile interval at `level`, as `fit_power_law`).
+    """
+    _check_level(n_boot, level)
+    xa, ya = _pair("x", x, "y_a", y_a)
+    _, yb = _pair("x", x, "y_b", y_b)
+    xs, values = _seed_matrix(xa, np.stack([ya, yb], axis=1), seeds)
+    u = np.log(xs)
+    v, w = _log_means(values)
+    joint = np.prod(w, axis=0)
+    if int(joint.sum()) < 2:
+        raise bad_value(
+            "x, y_a, y_b",
+            f"{int(joint.sum())} group(s) where both means are positive",
+            "at least 2",
+        )
+    slope, _ = _line(u, v, joint)
+    boot_v, boot_w = _log_means(_paired_resample(values, np.random.default_rng(rng), n_boot))
+    b_slope, _ = _line(u, boot_v, np.prod(boot_w, axis=1, keepdims=True))
+    diff = b_slope[:, 0] - b_slope[:, 1]
+    lo, hi = _percentiles(diff[np.isfinite(diff)], _expanded_level(level, values.shape[-1]))
+    return float(slope[0] - slope[1]), lo, hi
+
+
 def nanmean(values: np.ndarray, axis: int = -1) -> np.ndarray:
     """Mean of the finite entries along `axis`; NaN where there is none (no warnings)."""
     finite = np.isfinite(values)

@@ -66,8 +66,8 @@ def plot_store(
 ) -> list[Path]:
     """Analyse the sweep at `path` (unless `analysis` is given) and write its figures to `out_dir`.
 
-    Writes `<store>-dynamics`, `<store>-scaling` and `<store>-transition` in each of `formats`;
-    returns the paths written.
+    Writes `<store>-dynamics`, `<store>-scaling` and `<store>-transition` (and `<store>-kernels` for
+    a sweep with kernel regressions) in each of `formats`; returns the paths written.
     """
     analysis = analysis if analysis is not None else analyze_store(path)
     if not analysis.runs:
@@ -82,11 +82,14 @@ def plot_store(
     name = stem(analysis.sweep.path)
     written = []
     with mpl.rc_context(STYLE):
-        for kind, build in (
+        figures = [
             ("dynamics", dynamics_figure),
             ("scaling", scaling_figure),
             ("transition", transition_figure),
-        ):
+        ]
+        if analysis.kernels is not None:
+            figures.append(("kernels", kernels_figure))
+        for kind, build in figures:
             figure = build(analysis)
             for fmt in formats:
                 target = out / f"{name}-{kind}.{fmt}"
@@ -214,6 +217,63 @@ def transition_figure(analysis: Analysis) -> Figure:
         ax.legend(loc="best")
     _tidy(axes)
     return figure
+
+
+# ----------------------------------------------------------------------------------- kernels
+
+
+@_styled
+def kernels_figure(analysis: Analysis) -> Figure:
+    """Test error (a) and test MSE (b) against n, log-log: the network and each of its kernels.
+
+    Seed means with standard-error bars, the fitted power law of each model as a line of its colour,
+    its exponent and bootstrap interval in the legend (`Analysis.kernels`). The network's test error
+    is at its minimum test loss; it has no MSE (trained on cross-entropy).
+    """
+    scaling = analysis.kernels
+    figure = Figure(figsize=(WIDTH_IN, 4.4), layout="constrained")
+    axes = figure.subplots(1, 2, sharex=True)
+    symbol = analysis.sweep.swept.symbol
+    markers = dict(zip(scaling.models, "osD^vP", strict=False))
+    for ax, means, fits, label in (
+        (axes[0], scaling.error, scaling.error_fits, "test error"),
+        (axes[1], scaling.mse, scaling.mse_fits, "test MSE (one-hot − 1/C targets)"),
+    ):
+        for i, model in enumerate(scaling.models):
+            if model not in means:
+                continue
+            stats, fit, color = means[model], fits.get(model), "k" if i == 0 else f"C{i - 1}"
+            keep = np.isfinite(stats.mean) & (stats.mean > 0)
+            name = scaling.labels[model]
+            law = f": {fit.exponent:.2f} [{fit.ci_low:.2f}, {fit.ci_high:.2f}]" if fit else ""
+            ax.errorbar(
+                stats.x[keep],
+                stats.mean[keep],
+                yerr=np.nan_to_num(stats.stderr[keep]),
+                fmt=markers[model],
+                color=color,
+                ms=3.5,
+                capsize=2,
+                elinewidth=0.8,
+                label=_minus(name + law),
+                zorder=3 if i == 0 else 2,
+            )
+            if fit is not None:
+                x = np.geomspace(fit.x_min, fit.x_max, 50)
+                ax.plot(x, fit(x), "-", color=color, lw=1.6 if i == 0 else 1.0, alpha=0.8)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel(analysis.sweep.swept.label + f" ${symbol}$")
+        ax.set_ylabel(label)
+        title = f"fit $\\propto {symbol}^b$: $b$ [{round(100 * _level(scaling))}% CI]"
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), title=title)
+    _tidy(axes)
+    return figure
+
+
+def _level(scaling) -> float:
+    fits = [*scaling.error_fits.values(), *scaling.mse_fits.values()]
+    return fits[0].level if fits else 0.95
 
 
 # ----------------------------------------------------------------------------------- helpers

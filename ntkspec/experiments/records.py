@@ -126,3 +126,9 @@ def kind(name: object) -> Kind:
     if name not in KINDS:
         raise bad_value("kind", repr(name), f"one of {tuple(KINDS)}")
     return KINDS[str(name)]
+
+
+#: Kernels a data-size sweep can fit kernel regression with beside its network (config `kernels`;
+#: `against_kernels`): the eNTK at initialisation, of the network trained on k samples, of the trained
+#: network, and the infinite-width NTK and NNGP of the MLP.
+KERNELS = ("init", "pretrained", "final", "ntk_infinite", "nngp")

@@ -61,30 +61,7 @@ class Table:
     def to_rich(self, title: str | None = None, width: int | None = None):
         """The formatted cells as Rich tables: one if `width` is None, else as many stacked tables as
         keep every line within `width` columns, each repeating the first (swept value) column."""
-        from rich.console import Group
-        from rich.table import Table as RichTable
-
-        headers, cells = self.formatted()
-        widths = [
-            max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
-        ]
-        blocks, current = [], []
-        for i in range(1, len(headers)):
-            used = sum(widths[j] + 3 for j in (0, *current, i)) + 1  # a box: 3 per column, 1 at the end
-            if width is not None and current and used > width:
-                blocks.append(current)
-                current = []
-            current.append(i)
-        blocks.append(current)
-        tables = []
-        for number, block in enumerate(blocks):
-            table = RichTable(title=title if number == 0 else None)
-            for j in (0, *block):
-                table.add_column(headers[j], justify="right", no_wrap=True)
-            for line in cells:
-                table.add_row(*(line[j] for j in (0, *block)))
-            tables.append(table)
-        return tables[0] if len(tables) == 1 else Group(*tables)
+        return _rich_blocks(*self.formatted(), title, width)
 
     def to_csv(self, path: str | Path) -> Path:
         path = Path(path)
@@ -93,6 +70,69 @@ class Table:
             writer.writeheader()
             writer.writerows(self.rows)
         return path
+
+
+def _rich_blocks(headers: list[str], cells: list[list[str]], title: str | None, width: int | None):
+    """Rich tables of `cells`: one if `width` is None, else as many stacked tables as keep every line
+    within `width` columns, each repeating the first column."""
+    from rich.console import Group
+    from rich.table import Table as RichTable
+
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    blocks, current = [], []
+    for i in range(1, len(headers)):
+        used = sum(widths[j] + 3 for j in (0, *current, i)) + 1  # a box: 3 per column, 1 at the end
+        if width is not None and current and used > width:
+            blocks.append(current)
+            current = []
+        current.append(i)
+    blocks.append(current)
+    tables = []
+    for number, block in enumerate(blocks):
+        table = RichTable(title=title if number == 0 else None)
+        for j in (0, *block):
+            table.add_column(headers[j], justify="right", no_wrap=True)
+        for line in cells:
+            table.add_row(*(line[j] for j in (0, *block)))
+        tables.append(table)
+    return tables[0] if len(tables) == 1 else Group(*tables)
+
+
+def _interval(value: float, low: float, high: float) -> str:
+    if not np.isfinite(value):
+        return "–"
+    return f"{value:.2f} [{low:.2f}, {high:.2f}]"
+
+
+def kernel_table(scaling) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of the data-scaling exponents: one row per model (network, then kernels)."""
+    headers = ["model", "error ∝ n^b: b [CI]", "b(net) − b [CI]", "MSE ∝ n^b: b [CI]", "error at n_max"]
+    cells = []
+    for model in scaling.models:
+        fits = [scaling.error_fits.get(model), scaling.mse_fits.get(model)]
+        shown = [_interval(f.exponent, f.ci_low, f.ci_high) if f else "–" for f in fits]
+        difference = _interval(*scaling.differences[model]) if model in scaling.differences else "–"
+        means = scaling.error[model].mean
+        last = f"{means[-1]:.3g}" if means.size and np.isfinite(means[-1]) else "–"
+        cells.append([scaling.labels[model], shown[0], difference, shown[1], last])
+    return headers, cells
+
+
+def _kernel_notes(scaling) -> list[str]:
+    """One line per kernel: does the network's test error fall faster with n than the kernel's?"""
+    lines = []
+    for name, (diff, low, high) in scaling.differences.items():
+        if high < 0:
+            verdict = "the network scales better"
+        elif low > 0:
+            verdict = "the kernel scales better"
+        else:
+            verdict = "not resolved (the interval holds 0)"
+        lines.append(
+            f"- network against {scaling.labels[name]}: "
+            f"b(net) − b = {diff:.2f} [{low:.2f}, {high:.2f}], {verdict}"
+        )
+    return lines + [f"- not fitted, {name}: {why}" for name, why in scaling.not_fitted.items()]
 
 
 def markdown(analysis) -> str:
@@ -116,6 +156,12 @@ def markdown(analysis) -> str:
         f"- skipped {s['name']} ({s['status']})" + (f": {s['message']}" if s["message"] else "")
         for s in analysis.skipped
     ]
+    if analysis.kernels is not None:
+        headers, cells = kernel_table(analysis.kernels)
+        lines += ["", "Data scaling against the kernels (test error at the minimum test loss; 95 % CIs):", ""]
+        lines += ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
+        lines += ["| " + " | ".join(line) + " |" for line in cells]
+        lines += [""] + _kernel_notes(analysis.kernels)
     return "\n".join(lines)
 
 
@@ -132,8 +178,13 @@ def rich(analysis, width: int | None = None, wide: bool = False):
     from rich.text import Text
 
     title = f"{analysis.sweep.path.name}: {analysis.sweep.kind} sweep, {len(analysis.runs)} runs"
-    notes = markdown(analysis).split("\n\n", 1)[1]  # plain text: wraps, never cropped
-    return Group(analysis.table.to_rich(title=title, width=None if wide else width), Text(notes))
+    notes = markdown(analysis).split("\n\n")[1]  # plain text: wraps, never cropped
+    parts = [analysis.table.to_rich(title=title, width=None if wide else width), Text(notes)]
+    if analysis.kernels is not None:
+        heading = "data scaling against the kernels (95 % CIs)"
+        parts.append(_rich_blocks(*kernel_table(analysis.kernels), heading, None if wide else width))
+        parts.append(Text("\n".join(_kernel_notes(analysis.kernels))))
+    return Group(*parts)
 
 
 def as_dict(analysis) -> dict[str, Any]:
@@ -161,8 +212,25 @@ def as_dict(analysis) -> dict[str, Any]:
             "breakpoints": {k: dataclasses.asdict(v) for k, v in analysis.breakpoints.items()},
             "not_fitted": analysis.not_fitted,
             "adaptation_sign": analysis.adaptation_sign,
+            "kernels": None if analysis.kernels is None else _kernels_dict(analysis.kernels),
         }
     )
+
+
+def _kernels_dict(scaling) -> dict[str, Any]:
+    return {
+        "models": list(scaling.models),
+        "labels": scaling.labels,
+        "test_error": {m: e._asdict() for m, e in scaling.error.items()},
+        "test_mse": {m: e._asdict() for m, e in scaling.mse.items()},
+        "error_fits": {m: dataclasses.asdict(f) for m, f in scaling.error_fits.items()},
+        "mse_fits": {m: dataclasses.asdict(f) for m, f in scaling.mse_fits.items()},
+        "differences": {
+            m: dict(zip(("difference", "ci_low", "ci_high"), d, strict=True))
+            for m, d in scaling.differences.items()
+        },
+        "not_fitted": scaling.not_fitted,
+    }
 
 
 def write(analysis, out_dir: str | Path | None = None) -> list[Path]:

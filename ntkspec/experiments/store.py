@@ -10,6 +10,12 @@ Layout (Zarr v3)::
         method       (record,)   string     "exact" or "stochastic"
         top_eigenvalues          (record, k) float64, NaN-padded
         cosine_top_eigenvalues   (record, k) float64
+        at_min/                  the record at the minimum test loss (one entry per array)
+        trajectory/              attrs: n_steps; epoch, train_loss, test_loss, trace (step,)
+        kernels/                 attrs: n_kernels; data-size sweeps with config `kernels` only
+          kernel     (kernel,)   string     "init", "pretrained", ... (`records.KERNELS`)
+          test_mse, test_error, ridge, residual, seconds   (kernel,) float64
+          method, status         (kernel,) string   (see `against_kernels`)
 
 Every chunk is Zstandard-compressed and carries a CRC32C checksum (Zarr v3's `crc32c` codec), so a
 chunk changed on disk (a bad sector, a partial copy) is detected when read instead of being decoded
@@ -241,6 +247,7 @@ class RunWriter:
         self.records = _Records(self.group, top_k)
         self.minimum: _Records | None = None
         self.trajectory: dict[str, np.ndarray] = {}
+        self.kernel_results: dict[str, np.ndarray] = {}
 
     @property
     def n_records(self) -> int:
@@ -272,6 +279,15 @@ class RunWriter:
             }
         )
 
+    def kernels(self, results: dict[str, np.ndarray]) -> None:
+        """Write the kernel regressions of the run (`against_kernels.evaluate`): arrays over `kernel`."""
+        group = self.group.create_group("kernels", attributes={"n_kernels": len(results["kernel"])})
+        for field, values in results.items():
+            values = np.asarray(values)
+            dtype = str if values.dtype.kind in "OUT" else str(values.dtype)
+            _create(group, field, values.shape, dtype, dims=("kernel",))[:] = values
+        self.kernel_results = {field: np.asarray(values) for field, values in results.items()}
+
     def finish(self, status: str, message: str = "") -> None:
         """Mark the run `status` (a finished one, or "failed") with `message`: its last write.
 
@@ -287,6 +303,7 @@ class RunWriter:
                 "": (arrays, self.records.written),
                 "at_min/": (parts.get("at_min", {}), self.minimum.written if self.minimum else {}),
                 "trajectory/": (parts.get("trajectory", {}), self.trajectory),
+                "kernels/": (parts.get("kernels", {}), self.kernel_results),
             }
             for prefix, (stored, expected_arrays) in written.items():
                 for field, values in expected_arrays.items():
@@ -295,7 +312,9 @@ class RunWriter:
                     if (
                         got is None
                         or got.shape != expected.shape
-                        or not np.array_equal(got, expected, equal_nan=expected.dtype.kind == "f")
+                        or not np.array_equal(
+                            got.astype(expected.dtype), expected, equal_nan=expected.dtype.kind == "f"
+                        )
                     ):
                         raise CorruptRunError(
                             f"run {self.name!r}: array {prefix + field!r} did not read back as written; "
@@ -325,12 +344,13 @@ def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def read_parts(path: str | Path, name: str) -> dict[str, dict[str, np.ndarray]]:
-    """The `at_min` record and the `trajectory` of run `name` (those it has), checked like `read_run`."""
+    """The `at_min` record, the `trajectory` and the `kernels` of run `name` (those it has), checked
+    like `read_run`."""
     path = Path(path)
     attrs, _ = _open(path, name, name)
     keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
     parts = {}
-    for part in ("at_min", "trajectory"):
+    for part in ("at_min", "trajectory", "kernels"):
         if keys is not None and f"{name}/{part}/zarr.json" not in keys:
             continue
         try:
@@ -339,7 +359,7 @@ def read_parts(path: str | Path, name: str) -> dict[str, dict[str, np.ndarray]]:
             if keys is None:  # an older run without this part
                 continue
             raise
-        n = int(part_attrs.get("n_steps", 1))
+        n = int(part_attrs.get("n_steps", part_attrs.get("n_kernels", 1)))
         required = _RECORD_ARRAYS if part == "at_min" and keys is not None else frozenset()
         parts[part] = _read_arrays(name, f"{name}/{part}", members, n, keys, required)
     return parts
@@ -437,7 +457,10 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     "unreadable" where a chunk is corrupt or missing, with the reason in `message`), `message`,
     `n_records`, the run attributes (`lr`, `depth`, `n_train`, `min_test_loss`, `min_test_loss_epoch`,
     `stopped_epoch`, ...) and the record measured at the minimum test loss, `<field>_at_min` (its top
-    eigenvalues over `k`). The trajectory (losses and trace every few epochs) is `trajectory_<field>`
+    eigenvalues over `k`). The kernel regressions of a sweep with `kernels` are `kernel_<field>`
+    (`test_mse`, `test_error`, `ridge`, `residual`, `seconds`, `method`, `status`) over (value, seed,
+    `kernel`), with the coordinate `kernel` (names in the config's order). The trajectory (losses
+    and trace every few epochs) is `trajectory_<field>`
     over (value, seed, `step`), with the coordinate `trajectory_epoch`. Attributes: the store's
     (`config`, `versions`, `created`, ...), `kind`, `path`, `expected_runs` (what the config asks for,
     None if it cannot say) and `unreadable` (run name -> reason, for runs that could not be placed
@@ -505,6 +528,7 @@ def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
     per_run["message"] = np.full(shape, "", dtype=object)
     per_run["n_records"] = np.zeros(shape, dtype=np.int64)
     series: dict[str, list] = {}  # variable -> [(cell, values, dims)]
+    kernel_names: list[str] = []  # the same kernels, in the config's order, in every run
     for name, (run_attrs, parts) in sorted(found.items()):
         cell = (values.index(float(run_attrs[attribute])), seeds.index(int(run_attrs["seed"])))
         per_run["name"][cell] = name
@@ -526,6 +550,10 @@ def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
                     series.setdefault(field, []).append((cell, array, ("record", "k")))
                 elif part == "at_min":
                     series.setdefault(f"{field}_at_min", []).append((cell, array[0], ("k",)))
+                elif part == "kernels" and field == "kernel":
+                    kernel_names = kernel_names or [str(name) for name in array]
+                elif part == "kernels":
+                    series.setdefault(f"kernel_{field}", []).append((cell, array, ("kernel",)))
                 else:
                     series.setdefault(f"trajectory_{field}", []).append((cell, array, ("step",)))
     for key, value in per_run.items():  # integer attributes stay integers where every run has them
@@ -548,6 +576,8 @@ def _grid(found: dict, swept, values: list[float], seeds: list[int]) -> dict:
             array = np.asarray(array)
             stacked[cell + tuple(slice(0, n) for n in array.shape)] = array
         data[variable] = ((swept.dim, "seed", *dims), stacked)
+    if kernel_names:  # the coordinate of the kernel regressions' variables
+        data["kernel"] = (("kernel",), np.asarray(kernel_names, dtype=object))
     return data
 
 

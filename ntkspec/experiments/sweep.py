@@ -24,7 +24,7 @@ from jax.sharding import Mesh
 
 from ntkspec import data
 from ntkspec._errors import bad_value
-from ntkspec.experiments import store
+from ntkspec.experiments import against_kernels, store
 from ntkspec.experiments.config import Run, SweepConfig, parse_task, run_model, run_split, runs
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.records import FINISHED
@@ -162,6 +162,8 @@ def _train_one(config, run, dataset, epochs, root, record, mesh, calibration) ->
             writer.outcome(
                 result.min_epoch, result.min_test_loss, result.stopped, result.minimum, result.trajectory
             )
+            if config.kernels:  # the network against its kernels (`against_kernels`)
+                writer.kernels(against_kernels.evaluate(config, run, split, result.min_model, dataset, root))
         writer.finish(result.status, message)
         return result.status
     except (RuntimeError, MemoryError, store.CorruptRunError) as error:

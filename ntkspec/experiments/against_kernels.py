@@ -1,0 +1,294 @@
+"""The network against its kernels: kernel regression with five kernels on each run of a data-size sweep.
+
+A data-size sweep whose config names `kernels` (`records.KERNELS`) fits, after training each run
+(n training samples, C classes), kernel ridge regression on the run's training set and scores it on
+the run's test set, with
+
+* "init": the eNTK K₀ = J₀ J₀ᵀ of the run's network at initialisation;
+* "pretrained": the eNTK of the same seed's network trained by the same protocol on the first
+  k = `pretrained_samples` samples of its nested training set: the run of size k and this seed,
+  trained again (its split, initialisation, calibrated learning rate, epochs and patience), at its
+  minimum test loss; fitted for n >= k only (status "n < k" below);
+* "final": the eNTK of the run's network at its minimum test loss (`TrainResult.min_model`, the
+  trained network of the study's protocol; the same choice as for "pretrained");
+* "ntk_infinite": the width-aware infinite-width NTK K∞ ⊗ I_C of the MLP with the run's widths,
+  (d_in, n_1, ..., n_{L-1}) (`ntkspec.infinite.mlp_ntk`);
+* "nngp": the NNGP Σ_L ⊗ I_C (`ntkspec.infinite.mlp_nngp`).
+
+Regression, as Vyas, Bansal & Nakkiran ("Limitations of the NTK for understanding generalization in
+deep learning", 2022): targets Y = one-hot − 1/C (−0.1 / 0.9 for C = 10: zero mean over the classes,
+as Lee et al. 2018 and `benchmarks/kernel_regression_mnist`), the kernel predictor
+f̂(x*) = K(x*, X)(K + λI)⁻¹ y (no f₀ offset) with λ = ρ · tr K / rows, ρ = `kernel_ridge` (1e-4 by
+default; on MNIST any ρ in [1e-8, 1e-3] moves K∞'s test accuracy by under 0.1 point,
+`benchmarks/results/kernel_regression_mnist.json`).
+
+Solves: exact, Cholesky in float64 on the host (scipy), whatever JAX's precision (sweeps train in
+float32, where a relative ridge of 1e-4 or below is beyond a float32 factorisation):
+
+* eNTK: K = J Jᵀ with J the (N·C) × P Jacobian, rows sample-major. With R = N·C rows and P
+  parameters, the dual (K + λI) α = y when R <= P, else the primal (JᵀJ + λI) w = Jᵀ y, P × P, its
+  Gram accumulated over chunks of samples (J is never held whole); the two give the same predictor
+  by the push-through identity Jᵀ (J Jᵀ + λI)⁻¹ = (JᵀJ + λI)⁻¹ Jᵀ. Either way f̂(x*) = J(x*) w with
+  w = Jᵀ α, one `jax.jvp` on the test set. The study's data-scaling MLP (depth 4, width 8, MNIST:
+  P = 6,514) is solved in the primal from n = 652 on.
+* K∞ and NNGP: K ⊗ I_C is C copies of the N × N kernel, so one N × N Cholesky serves all C columns
+  of Y (kernel entries computed in JAX's precision: float32 unless x64 is on).
+
+Per kernel the store keeps (`store.RunWriter.kernels`): test MSE (mean over the M·C test entries of
+(f̂ − Y*)²), test error (argmax f̂ ≠ label), λ, the relative residual ‖(A + λI)x − b‖ / ‖b‖ of the
+system solved, the method ("dual" or "primal"), a status ("fitted", "n < k", or the error that
+stopped it) and the seconds it took. `kernel_scaling` fits the data-scaling exponent of test error
+and MSE of each model (the network's test error at its minimum test loss, and each kernel's) with
+seed-bootstrap intervals, and the paired difference of the network's exponent and each kernel's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import scipy.linalg
+from flax import nnx
+from jax.flatten_util import ravel_pytree
+
+from ntkspec import infinite
+from ntkspec.data import Split
+from ntkspec.experiments.config import Run, SweepConfig, run_model, run_split, runs
+from ntkspec.experiments.fits import Ensemble, PowerLaw, ensemble, fit_power_law, paired_exponent_difference
+from ntkspec.experiments.train import make_optimizer, record_epochs, train
+from ntkspec.model import adapt
+
+#: Jacobian entries computed per chunk of samples (float32: 128 MiB).
+CHUNK_ENTRIES = 2**25
+#: Display names of the models, "network" first.
+LABELS = {
+    "network": "network",
+    "init": "eNTK at init",
+    "pretrained": "eNTK pretrained",
+    "final": "eNTK final",
+    "ntk_infinite": "K∞ (NTK)",
+    "nngp": "NNGP",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Fit:
+    """One kernel regression: test predictions (M, C), λ, the solve's relative residual, its method."""
+
+    predictions: np.ndarray
+    ridge: float
+    residual: float
+    method: str
+
+
+def targets(labels: np.ndarray, n_classes: int) -> np.ndarray:
+    """One-hot minus 1/C, float64 (N, C)."""
+    return np.eye(n_classes)[np.asarray(labels)] - 1.0 / n_classes
+
+
+def scores(predictions: np.ndarray, labels: np.ndarray, n_classes: int) -> tuple[float, float]:
+    """(test MSE over the M·C entries against `targets`, test error of the argmax)."""
+    mse = float(np.mean((predictions - targets(labels, n_classes)) ** 2))
+    return mse, float(np.mean(np.argmax(predictions, axis=1) != np.asarray(labels)))
+
+
+def _solve(matrix: np.ndarray, rhs: np.ndarray, ridge: float) -> tuple[np.ndarray, float]:
+    """x with (A + λI) x = b by Cholesky (float64), and ‖(A + λI) x − b‖ / ‖b‖ (max over columns)."""
+    shifted = matrix + ridge * np.eye(matrix.shape[0])
+    x = scipy.linalg.cho_solve(scipy.linalg.cho_factor(shifted, overwrite_a=True), rhs)
+    b = rhs.reshape(rhs.shape[0], -1)
+    residual = np.linalg.norm((matrix @ x).reshape(b.shape) + ridge * x.reshape(b.shape) - b, axis=0)
+    return x, float(np.max(residual / np.where(np.linalg.norm(b, axis=0) > 0, np.linalg.norm(b, axis=0), 1)))
+
+
+def entk_regression(model: nnx.Module, split: Split, rho: float) -> Fit:
+    """Kernel regression with the eNTK J Jᵀ of `model` on `split` (dual or primal, module docstring)."""
+    apply, params, state, _ = adapt(model, (split.x_train[:1],))
+    flat, unravel = ravel_pytree(params)
+    n, c, p = split.x_train.shape[0], split.num_classes, flat.size
+
+    @jax.jit
+    def jacobian(x):  # (chunk·C, P), rows sample-major
+        return jax.jacrev(lambda q: apply(unravel(q), state, x).reshape(-1))(flat)
+
+    step = max(1, CHUNK_ENTRIES // (c * p))
+    y = targets(split.y_train, c).reshape(-1)
+    chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
+    if n * c <= p:
+        j = np.concatenate([np.asarray(jacobian(split.x_train[s]), np.float64) for s in chunks])
+        gram, method = j @ j.T, "dual"
+        ridge = rho * np.trace(gram) / (n * c)
+        alpha, residual = _solve(gram, y, ridge)
+        w = j.T @ alpha
+    else:
+        gram, rhs, method = np.zeros((p, p)), np.zeros(p), "primal"
+        for s in chunks:
+            j = np.asarray(jacobian(split.x_train[s]), np.float64)
+            gram += j.T @ j
+            rhs += j.T @ y[s.start * c : s.stop * c]
+        ridge = rho * np.trace(gram) / (n * c)
+        w, residual = _solve(gram, rhs, ridge)
+    direction = unravel(jnp.asarray(w, flat.dtype))
+    x_test = jnp.asarray(split.x_test)
+    predictions = jax.jvp(lambda q: apply(q, state, x_test), (params,), (direction,))[1]
+    return Fit(np.asarray(predictions, np.float64), float(ridge), residual, method)
+
+
+def infinite_regression(kernel: str, split: Split, widths: tuple[int, ...], rho: float) -> Fit:
+    """Kernel regression with K∞ ("ntk") or the NNGP ("nngp") ⊗ I_C: one N × N solve for C columns."""
+    function = {"ntk": infinite.mlp_ntk, "nngp": infinite.mlp_nngp}[kernel]
+    dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float64 where x64 is on
+    x_train, x_test = jnp.asarray(split.x_train, dtype), jnp.asarray(split.x_test, dtype)
+    gram = np.asarray(function(x_train, None, widths), np.float64)
+    ridge = rho * np.trace(gram) / gram.shape[0]
+    alpha, residual = _solve(gram, targets(split.y_train, split.num_classes), ridge)
+    cross = np.asarray(function(x_test, x_train, widths), np.float64)
+    return Fit(cross @ alpha, float(ridge), residual, "dual")
+
+
+def pretrained_network(config: SweepConfig, run: Run, dataset, root) -> tuple[nnx.Module | None, str]:
+    """(the at-minimum network of the run of size k = `pretrained_samples` and `run`'s seed, "") by
+    training it again as `sweep` trains it; (None, why) where that size is uncalibrated or diverged."""
+    from ntkspec.experiments.sweep import calibrate  # sweep calls this module
+
+    source = next(r for r in runs(config) if r.seed == run.seed and r.n_train == config.pretrained_samples)
+    lr = config.lr
+    if lr == "calibrate":
+        calibration = calibrate(config, source, dataset, root)
+        if calibration["status"] != "calibrated":
+            return None, f"size k = {source.n_train} is uncalibrated: {calibration['message']}"
+        lr = calibration["lr"]
+    split = run_split(config, source, dataset)
+    result = train(
+        run_model(config, source, split),
+        split,
+        make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
+        record_epochs(config.epochs, config.n_records, config.spacing),
+        eval_every=config.eval_every,
+        patience=config.patience,
+    )
+    if result.status != "complete":
+        return None, f"training on k = {source.n_train} samples {result.message}"
+    return result.min_model, ""
+
+
+def evaluate(
+    config: SweepConfig, run: Run, split: Split, network: nnx.Module, dataset, root
+) -> dict[str, np.ndarray]:
+    """Kernel regression of the run with every kernel of `config.kernels`; arrays over the kernels.
+
+    `network` is the run's trained network (at its minimum test loss). A kernel that fails (a
+    Cholesky that breaks down, memory) is recorded with its error as status, NaN scores.
+    """
+    c = split.num_classes
+    widths = (int(np.prod(split.x_train.shape[1:])), *(run.width,) * (config.depth - 1))
+    columns: dict[str, list] = {
+        k: []
+        for k in ("kernel", "test_mse", "test_error", "ridge", "residual", "method", "status", "seconds")
+    }
+    for name in config.kernels:
+        start = time.perf_counter()
+        fit, status = None, "fitted"
+        try:
+            if name == "pretrained" and run.n_train < config.pretrained_samples:
+                status = "n < k"
+            elif name == "pretrained":
+                model, why = pretrained_network(config, run, dataset, root)
+                fit = entk_regression(model, split, config.kernel_ridge) if model is not None else None
+                status = why or status
+            elif name in ("init", "final"):
+                model = run_model(config, run, split) if name == "init" else network
+                fit = entk_regression(model, split, config.kernel_ridge)
+            else:
+                kernel = "ntk" if name == "ntk_infinite" else "nngp"
+                fit = infinite_regression(kernel, split, widths, config.kernel_ridge)
+        except (np.linalg.LinAlgError, RuntimeError, MemoryError) as error:
+            status = f"failed: {type(error).__name__}: {error}"
+        mse, error = scores(fit.predictions, split.y_test, c) if fit is not None else (np.nan, np.nan)
+        values = {"kernel": name, "test_mse": mse, "test_error": error, "status": status}
+        values |= {"ridge": fit.ridge, "residual": fit.residual, "method": fit.method} if fit else {}
+        values["seconds"] = time.perf_counter() - start
+        for key, column in columns.items():
+            column.append(values.get(key, "" if key == "method" else np.nan))
+    text = ("kernel", "method", "status")
+    return {k: np.asarray(v, dtype=str if k in text else np.float64) for k, v in columns.items()}
+
+
+# ------------------------------------------------------------------------------------ analysis
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelScaling:
+    """Data scaling of the network's test error against its kernels' (from `kernel_scaling`).
+
+    models : "network", then the config's kernels; `labels` their display names.
+    error, mse : per model, seed means and standard errors per data size (MSE: kernels only; the
+        network trains on cross-entropy). The network's test error is at its minimum test loss.
+    error_fits, mse_fits : per model, the power law of test error (MSE) against n, seed bootstrap.
+    differences : per kernel, exponent(network) − exponent(kernel) of test error with its paired
+        seed-bootstrap interval, over the sizes both have (`fits.paired_exponent_difference`):
+        negative where the network's error falls faster with n than the kernel's.
+    not_fitted : why a fit is missing, keyed "error <model>", "mse <model>", "difference <kernel>".
+    """
+
+    models: tuple[str, ...]
+    labels: dict[str, str]
+    error: dict[str, Ensemble]
+    mse: dict[str, Ensemble]
+    error_fits: dict[str, PowerLaw]
+    mse_fits: dict[str, PowerLaw]
+    differences: dict[str, tuple[float, float, float]]
+    not_fitted: dict[str, str]
+
+
+def kernel_scaling(runs, x_name: str, config: dict, *, n_boot: int = 1000, rng=0) -> KernelScaling:
+    """Exponents of test error (and MSE) against n for the network and each kernel of the runs.
+
+    `runs` are analysed runs (`analysis.Run`) with their `kernels` arrays; `config` the store's.
+    """
+    kernels = tuple(config.get("kernels", ()))
+    models = ("network", *kernels)
+    labels = {m: LABELS[m] for m in models}
+    if "pretrained" in kernels:
+        labels["pretrained"] = f"{LABELS['pretrained']} (k = {config['pretrained_samples']})"
+    x = np.array([float(r.attrs[x_name]) for r in runs])
+    seeds = np.array([r.seed for r in runs])
+    error = {"network": np.array([1.0 - float(r.attrs.get("test_accuracy_at_min", np.nan)) for r in runs])}
+    mse = {}
+    for name in kernels:
+        for out, field in ((error, "test_error"), (mse, "test_mse")):
+            out[name] = np.array([_kernel_value(r, name, field) for r in runs])
+    generator = np.random.default_rng(rng)
+    fits: dict[str, dict[str, PowerLaw]] = {"error": {}, "mse": {}}
+    differences, why = {}, {}
+    for what, values in (("error", error), ("mse", mse)):
+        for name, y in values.items():
+            try:
+                fits[what][name] = fit_power_law(x, y, seeds, n_boot=n_boot, rng=generator)
+            except ValueError as problem:
+                why[f"{what} {name}"] = str(problem)
+    for name in kernels:
+        try:
+            differences[name] = paired_exponent_difference(
+                x, error["network"], error[name], seeds, n_boot=n_boot, rng=generator
+            )
+        except ValueError as problem:
+            why[f"difference {name}"] = str(problem)
+    return KernelScaling(
+        models,
+        labels,
+        {m: ensemble(x, y) for m, y in error.items()},
+        {m: ensemble(x, y) for m, y in mse.items()},
+        fits["error"],
+        fits["mse"],
+        differences,
+        why,
+    )
+
+
+def _kernel_value(run, name: str, field: str) -> float:
+    names = list(run.kernels.get("kernel", []))
+    return float(run.kernels[field][names.index(name)]) if name in names else np.nan
