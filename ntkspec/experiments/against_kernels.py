@@ -45,6 +45,7 @@ seed-bootstrap intervals, and the paired difference of the network's exponent an
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 
 import jax
@@ -110,9 +111,8 @@ def entk_regression(model: nnx.Module, split: Split, rho: float) -> Fit:
     flat, unravel = ravel_pytree(params)
     n, c, p = split.x_train.shape[0], split.num_classes, flat.size
 
-    @jax.jit
-    def jacobian(x):  # (chunk·C, P), rows sample-major
-        return jax.jacrev(lambda q: apply(unravel(q), state, x).reshape(-1))(flat)
+    def jacobian(x):
+        return _jacobian(apply, params, state, jnp.asarray(x))
 
     step = max(1, CHUNK_ENTRIES // (c * p))
     y = targets(split.y_train, c).reshape(-1)
@@ -131,10 +131,21 @@ def entk_regression(model: nnx.Module, split: Split, rho: float) -> Fit:
             rhs += j.T @ y[s.start * c : s.stop * c]
         ridge = rho * np.trace(gram) / (n * c)
         w, residual = _solve(gram, rhs, ridge)
-    direction = unravel(jnp.asarray(w, flat.dtype))
-    x_test = jnp.asarray(split.x_test)
-    predictions = jax.jvp(lambda q: apply(q, state, x_test), (params,), (direction,))[1]
+    predictions = _push(apply, params, state, jnp.asarray(split.x_test), unravel(jnp.asarray(w, flat.dtype)))
     return Fit(np.asarray(predictions, np.float64), float(ridge), residual, method)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _jacobian(apply, params, state, x):
+    """J(x), (N·C, P): rows sample-major, columns in `ravel_pytree`'s order of the parameters."""
+    tree = jax.jacrev(lambda q: apply(q, state, x).reshape(-1))(params)
+    return jnp.concatenate([leaf.reshape(leaf.shape[0], -1) for leaf in jax.tree.leaves(tree)], axis=1)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _push(apply, params, state, x, direction):
+    """J(x) w as the (N, C) directional derivative of the outputs along w (`jax.jvp`)."""
+    return jax.jvp(lambda q: apply(q, state, x), (params,), (direction,))[1]
 
 
 def infinite_regression(kernel: str, split: Split, widths: tuple[int, ...], rho: float) -> Fit:
@@ -232,6 +243,7 @@ class KernelScaling:
         seed-bootstrap interval, over the sizes both have (`fits.paired_exponent_difference`):
         negative where the network's error falls faster with n than the kernel's.
     not_fitted : why a fit is missing, keyed "error <model>", "mse <model>", "difference <kernel>".
+    n_seeds : the seeds (bootstrap units) the intervals come from.
     """
 
     models: tuple[str, ...]
@@ -242,6 +254,7 @@ class KernelScaling:
     mse_fits: dict[str, PowerLaw]
     differences: dict[str, tuple[float, float, float]]
     not_fitted: dict[str, str]
+    n_seeds: int
 
 
 def kernel_scaling(runs, x_name: str, config: dict, *, n_boot: int = 1000, rng=0) -> KernelScaling:
@@ -286,6 +299,7 @@ def kernel_scaling(runs, x_name: str, config: dict, *, n_boot: int = 1000, rng=0
         fits["mse"],
         differences,
         why,
+        int(np.unique(seeds).size),
     )
 
 

@@ -72,9 +72,11 @@ class Table:
         return path
 
 
-def _rich_blocks(headers: list[str], cells: list[list[str]], title: str | None, width: int | None):
+def _rich_blocks(
+    headers: list[str], cells: list[list[str]], title: str | None, width: int | None, first: str = "right"
+):
     """Rich tables of `cells`: one if `width` is None, else as many stacked tables as keep every line
-    within `width` columns, each repeating the first column."""
+    within `width` columns, each repeating the first column (justified `first`)."""
     from rich.console import Group
     from rich.table import Table as RichTable
 
@@ -91,7 +93,7 @@ def _rich_blocks(headers: list[str], cells: list[list[str]], title: str | None, 
     for number, block in enumerate(blocks):
         table = RichTable(title=title if number == 0 else None)
         for j in (0, *block):
-            table.add_column(headers[j], justify="right", no_wrap=True)
+            table.add_column(headers[j], justify="right" if j else first, no_wrap=True)
         for line in cells:
             table.add_row(*(line[j] for j in (0, *block)))
         tables.append(table)
@@ -122,7 +124,9 @@ def _kernel_notes(scaling) -> list[str]:
     """One line per kernel: does the network's test error fall faster with n than the kernel's?"""
     lines = []
     for name, (diff, low, high) in scaling.differences.items():
-        if high < 0:
+        if scaling.n_seeds < 2:
+            verdict = "one seed: no interval"
+        elif high < 0:
             verdict = "the network scales better"
         elif low > 0:
             verdict = "the kernel scales better"
@@ -182,7 +186,8 @@ def rich(analysis, width: int | None = None, wide: bool = False):
     parts = [analysis.table.to_rich(title=title, width=None if wide else width), Text(notes)]
     if analysis.kernels is not None:
         heading = "data scaling against the kernels (95 % CIs)"
-        parts.append(_rich_blocks(*kernel_table(analysis.kernels), heading, None if wide else width))
+        blocks = _rich_blocks(*kernel_table(analysis.kernels), heading, None if wide else width, "left")
+        parts.append(blocks)
         parts.append(Text("\n".join(_kernel_notes(analysis.kernels))))
     return Group(*parts)
 
@@ -230,6 +235,7 @@ def _kernels_dict(scaling) -> dict[str, Any]:
             for m, d in scaling.differences.items()
         },
         "not_fitted": scaling.not_fitted,
+        "n_seeds": scaling.n_seeds,
     }
 
 
