@@ -54,7 +54,7 @@ def test_entk_regression_matches_a_dense_float64_solve(n_train):
     joint = nnx_reference(model, np.concatenate([split.x_train, split.x_test]))
     y = against_kernels.targets(split.y_train, 10).reshape(-1)
     want = _reference(joint[:rows, :rows], joint[rows:, :rows], y, 1e-4).reshape(-1, 10)
-    got = against_kernels.entk_regression(model, split, 1e-4)
+    got = against_kernels.entk_regression(model, split, [1e-4])
     assert got.method == ("dual" if n_train * 10 <= 310 else "primal")
     np.testing.assert_allclose(got.predictions, want, rtol=1e-7, atol=1e-9)
     assert got.residual < 1e-10
@@ -73,7 +73,7 @@ def test_infinite_regression_is_the_kron_regression(kernel):
     k_test = np.kron(np.asarray(function(split.x_test, split.x_train, widths)), np.eye(10))
     y = against_kernels.targets(split.y_train, 10).reshape(-1)
     want = _reference(k_train, k_test, y, 1e-4).reshape(-1, 10)
-    got = against_kernels.infinite_regression(kernel, split, widths, 1e-4)
+    got = against_kernels.infinite_regression(kernel, split, widths, [1e-4])
     np.testing.assert_allclose(got.predictions, want, rtol=1e-8, atol=1e-10)
 
 
@@ -94,8 +94,7 @@ def test_pretrained_network_is_the_size_k_run_trained_again(tiny_sweep):
     config = cfg.load_config(config_path, store=str(path))
     dataset = data.load("digits")
     run = next(r for r in cfg.runs(config) if r.n_train == 40 and r.seed == 0)
-    root = store.open_store(path, config.to_dict())
-    network, why = against_kernels.pretrained_network(config, run, dataset, root)
+    network, why = against_kernels.pretrained_network(config, run, dataset, lambda _: {})  # lr fixed
     assert why == ""
     source = next(r for r in cfg.runs(config) if r.n_train == 20 and r.seed == 0)
     split = cfg.run_split(config, source, dataset)
@@ -170,7 +169,8 @@ BASE = {"kind": "data_size", "data_sizes": [10, 20], "widths": [8]}
         ({**BASE, "kernels": ["pretrained"], "pretrained_samples": 15}, "got 15, expected one of data_sizes"),
         ({**BASE, "kernels": ["init"], "pretrained_samples": 10}, "no value without 'pretrained'"),
         ({**BASE, "model": "cnn", "kernels": ["nngp"]}, "no ['nngp'] with model 'cnn'"),
-        ({**BASE, "kernels": ["init"], "kernel_ridge": 0}, "`kernel_ridge`: got 0.0"),
+        ({**BASE, "kernels": ["init"], "kernel_ridges": [1e-4, 0]}, "`kernel_ridges`: got [0.0001, 0.0]"),
+        ({**BASE, "kernels": ["init"], "kernel_ridges": []}, "`kernel_ridges`: got []"),
     ],
 )
 def test_bad_kernel_configs_say_what_is_wrong(values, message):

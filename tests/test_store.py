@@ -139,6 +139,7 @@ LAYERS = (
     "measure",
     "train",
     "store",
+    "against_kernels",
     "sweep",
     "summaries",
     "fits",

@@ -18,9 +18,11 @@ the run's test set, with
 Regression, as Vyas, Bansal & Nakkiran ("Limitations of the NTK for understanding generalization in
 deep learning", 2022): targets Y = one-hot − 1/C (−0.1 / 0.9 for C = 10: zero mean over the classes,
 as Lee et al. 2018 and `benchmarks/kernel_regression_mnist`), the kernel predictor
-f̂(x*) = K(x*, X)(K + λI)⁻¹ y (no f₀ offset) with λ = ρ · tr K / rows, ρ = `kernel_ridge` (1e-4 by
-default; on MNIST any ρ in [1e-8, 1e-3] moves K∞'s test accuracy by under 0.1 point,
-`benchmarks/results/kernel_regression_mnist.json`).
+f̂(x*) = K(x*, X)(K + λI)⁻¹ y (no f₀ offset) with λ = ρ · tr K / rows, ρ chosen among
+`kernel_ridges` (by default the grid 1e-8 … 1 of `benchmarks/kernel_regression_mnist`) by the MSE
+on the run's NTK batch, which is held out from both training and test sets; one ρ is used as given.
+A ridge matters for the eNTK of a small network: its kernel has rank <= P, and near N·C ≈ P a
+near-ridgeless fit is the interpolation peak of double descent.
 
 Solves: exact, Cholesky in float64 on the host (scipy), whatever JAX's precision (sweeps train in
 float32, where a relative ridge of 1e-4 or below is beyond a float32 factorisation):
@@ -35,11 +37,9 @@ float32, where a relative ridge of 1e-4 or below is beyond a float32 factorisati
   of Y (kernel entries computed in JAX's precision: float32 unless x64 is on).
 
 Per kernel the store keeps (`store.RunWriter.kernels`): test MSE (mean over the M·C test entries of
-(f̂ − Y*)²), test error (argmax f̂ ≠ label), λ, the relative residual ‖(A + λI)x − b‖ / ‖b‖ of the
+(f̂ − Y*)²), test error (argmax f̂ ≠ label), ρ and λ, the relative residual ‖(A + λI)x − b‖ / ‖b‖ of the
 system solved, the method ("dual" or "primal"), a status ("fitted", "n < k", or the error that
-stopped it) and the seconds it took. `kernel_scaling` fits the data-scaling exponent of test error
-and MSE of each model (the network's test error at its minimum test loss, and each kernel's) with
-seed-bootstrap intervals, and the paired difference of the network's exponent and each kernel's.
+stopped it) and the seconds it took. `analysis.kernel_scaling` fits their data-scaling exponents.
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +59,6 @@ from jax.flatten_util import ravel_pytree
 from ntkspec import infinite
 from ntkspec.data import Split
 from ntkspec.experiments.config import Run, SweepConfig, run_model, run_split, runs
-from ntkspec.experiments.fits import Ensemble, PowerLaw, ensemble, fit_power_law, paired_exponent_difference
 from ntkspec.experiments.train import make_optimizer, record_epochs, train
 from ntkspec.model import adapt
 
@@ -77,9 +77,11 @@ LABELS = {
 
 @dataclasses.dataclass(frozen=True)
 class Fit:
-    """One kernel regression: test predictions (M, C), λ, the solve's relative residual, its method."""
+    """One kernel regression: test predictions (M, C), the ρ chosen and its λ = ρ · tr K / rows, the
+    solve's relative residual, its method."""
 
     predictions: np.ndarray
+    rho: float
     ridge: float
     residual: float
     method: str
@@ -105,8 +107,21 @@ def _solve(matrix: np.ndarray, rhs: np.ndarray, ridge: float) -> tuple[np.ndarra
     return x, float(np.max(residual / np.where(np.linalg.norm(b, axis=0) > 0, np.linalg.norm(b, axis=0), 1)))
 
 
-def entk_regression(model: nnx.Module, split: Split, rho: float) -> Fit:
-    """Kernel regression with the eNTK J Jᵀ of `model` on `split` (dual or primal, module docstring)."""
+def _ridge_path(matrix, rhs, scale: float, rhos, validate) -> tuple[np.ndarray, float, float, float]:
+    """(x, ρ, λ, residual) of (A + λI) x = b, λ = ρ · scale, for the ρ of `rhos` with the lowest
+    `validate(x)` (the validation MSE); a single ρ is taken as it is."""
+    best = None
+    for rho in rhos:
+        x, residual = _solve(matrix, rhs, rho * scale)
+        score = validate(x) if len(rhos) > 1 else 0.0
+        if best is None or score < best[0]:
+            best = (score, x, float(rho), float(rho * scale), residual)
+    return best[1:]
+
+
+def entk_regression(model: nnx.Module, split: Split, rhos) -> Fit:
+    """Kernel regression with the eNTK J Jᵀ of `model` on `split` (dual or primal, module docstring),
+    ρ chosen among `rhos` on the NTK batch."""
     apply, params, state, _ = adapt(model, (split.x_train[:1],))
     flat, unravel = ravel_pytree(params)
     n, c, p = split.x_train.shape[0], split.num_classes, flat.size
@@ -119,20 +134,24 @@ def entk_regression(model: nnx.Module, split: Split, rho: float) -> Fit:
     chunks = [slice(i, min(i + step, n)) for i in range(0, n, step)]
     if n * c <= p:
         j = np.concatenate([np.asarray(jacobian(split.x_train[s]), np.float64) for s in chunks])
-        gram, method = j @ j.T, "dual"
-        ridge = rho * np.trace(gram) / (n * c)
-        alpha, residual = _solve(gram, y, ridge)
-        w = j.T @ alpha
+        gram, rhs, method = j @ j.T, y, "dual"
     else:
         gram, rhs, method = np.zeros((p, p)), np.zeros(p), "primal"
         for s in chunks:
             j = np.asarray(jacobian(split.x_train[s]), np.float64)
             gram += j.T @ j
             rhs += j.T @ y[s.start * c : s.stop * c]
-        ridge = rho * np.trace(gram) / (n * c)
-        w, residual = _solve(gram, rhs, ridge)
-    predictions = _push(apply, params, state, jnp.asarray(split.x_test), unravel(jnp.asarray(w, flat.dtype)))
-    return Fit(np.asarray(predictions, np.float64), float(ridge), residual, method)
+
+    def predict(x, solution):  # f̂ = J(x) w, w = Jᵀ α (dual) or the primal solution
+        w = j.T @ solution if method == "dual" else solution
+        out = _push(apply, params, state, jnp.asarray(x), unravel(jnp.asarray(w, flat.dtype)))
+        return np.asarray(out, np.float64)
+
+    def validate(solution):
+        return scores(predict(split.x_ntk, solution), split.y_ntk, c)[0]
+
+    solution, rho, ridge, residual = _ridge_path(gram, rhs, np.trace(gram) / (n * c), rhos, validate)
+    return Fit(predict(split.x_test, solution), rho, ridge, residual, method)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -148,27 +167,37 @@ def _push(apply, params, state, x, direction):
     return jax.jvp(lambda q: apply(q, state, x), (params,), (direction,))[1]
 
 
-def infinite_regression(kernel: str, split: Split, widths: tuple[int, ...], rho: float) -> Fit:
-    """Kernel regression with K∞ ("ntk") or the NNGP ("nngp") ⊗ I_C: one N × N solve for C columns."""
+def infinite_regression(kernel: str, split: Split, widths: tuple[int, ...], rhos) -> Fit:
+    """Kernel regression with K∞ ("ntk") or the NNGP ("nngp") ⊗ I_C: one N × N solve for C columns,
+    ρ chosen among `rhos` on the NTK batch."""
     function = {"ntk": infinite.mlp_ntk, "nngp": infinite.mlp_nngp}[kernel]
     dtype = jax.dtypes.canonicalize_dtype(np.float64)  # float64 where x64 is on
-    x_train, x_test = jnp.asarray(split.x_train, dtype), jnp.asarray(split.x_test, dtype)
+    x_train, x_test, x_ntk = (jnp.asarray(x, dtype) for x in (split.x_train, split.x_test, split.x_ntk))
     gram = np.asarray(function(x_train, None, widths), np.float64)
-    ridge = rho * np.trace(gram) / gram.shape[0]
-    alpha, residual = _solve(gram, targets(split.y_train, split.num_classes), ridge)
+    held = np.asarray(function(x_ntk, x_train, widths), np.float64)
+
+    def validate(alpha):
+        return scores(held @ alpha, split.y_ntk, split.num_classes)[0]
+
+    y = targets(split.y_train, split.num_classes)
+    alpha, rho, ridge, residual = _ridge_path(gram, y, np.trace(gram) / gram.shape[0], rhos, validate)
     cross = np.asarray(function(x_test, x_train, widths), np.float64)
-    return Fit(cross @ alpha, float(ridge), residual, "dual")
+    return Fit(cross @ alpha, rho, ridge, residual, "dual")
 
 
-def pretrained_network(config: SweepConfig, run: Run, dataset, root) -> tuple[nnx.Module | None, str]:
+def pretrained_network(
+    config: SweepConfig, run: Run, dataset, calibrate: Callable[[Run], dict]
+) -> tuple[nnx.Module | None, str]:
     """(the at-minimum network of the run of size k = `pretrained_samples` and `run`'s seed, "") by
-    training it again as `sweep` trains it; (None, why) where that size is uncalibrated or diverged."""
-    from ntkspec.experiments.sweep import calibrate  # sweep calls this module
+    training it again as `sweep` trains it; (None, why) where that size is uncalibrated or diverged.
 
+    `calibrate(run)` gives a run's learning-rate calibration (`sweep.calibrate`: the stored one, or a
+    new one) where the config's lr is "calibrate".
+    """
     source = next(r for r in runs(config) if r.seed == run.seed and r.n_train == config.pretrained_samples)
     lr = config.lr
     if lr == "calibrate":
-        calibration = calibrate(config, source, dataset, root)
+        calibration = calibrate(source)
         if calibration["status"] != "calibrated":
             return None, f"size k = {source.n_train} is uncalibrated: {calibration['message']}"
         lr = calibration["lr"]
@@ -187,18 +216,34 @@ def pretrained_network(config: SweepConfig, run: Run, dataset, root) -> tuple[nn
 
 
 def evaluate(
-    config: SweepConfig, run: Run, split: Split, network: nnx.Module, dataset, root
+    config: SweepConfig,
+    run: Run,
+    split: Split,
+    network: nnx.Module,
+    dataset,
+    calibrate: Callable[[Run], dict],
 ) -> dict[str, np.ndarray]:
     """Kernel regression of the run with every kernel of `config.kernels`; arrays over the kernels.
 
-    `network` is the run's trained network (at its minimum test loss). A kernel that fails (a
-    Cholesky that breaks down, memory) is recorded with its error as status, NaN scores.
+    `network` is the run's trained network (at its minimum test loss); `calibrate` as in
+    `pretrained_network`. A kernel that fails (a Cholesky that breaks down, memory) is recorded with
+    its error as status and NaN scores.
     """
     c = split.num_classes
     widths = (int(np.prod(split.x_train.shape[1:])), *(run.width,) * (config.depth - 1))
     columns: dict[str, list] = {
         k: []
-        for k in ("kernel", "test_mse", "test_error", "ridge", "residual", "method", "status", "seconds")
+        for k in (
+            "kernel",
+            "test_mse",
+            "test_error",
+            "rho",
+            "ridge",
+            "residual",
+            "method",
+            "status",
+            "seconds",
+        )
     }
     for name in config.kernels:
         start = time.perf_counter()
@@ -207,102 +252,23 @@ def evaluate(
             if name == "pretrained" and run.n_train < config.pretrained_samples:
                 status = "n < k"
             elif name == "pretrained":
-                model, why = pretrained_network(config, run, dataset, root)
-                fit = entk_regression(model, split, config.kernel_ridge) if model is not None else None
+                model, why = pretrained_network(config, run, dataset, calibrate)
+                fit = entk_regression(model, split, config.kernel_ridges) if model is not None else None
                 status = why or status
             elif name in ("init", "final"):
                 model = run_model(config, run, split) if name == "init" else network
-                fit = entk_regression(model, split, config.kernel_ridge)
+                fit = entk_regression(model, split, config.kernel_ridges)
             else:
                 kernel = "ntk" if name == "ntk_infinite" else "nngp"
-                fit = infinite_regression(kernel, split, widths, config.kernel_ridge)
+                fit = infinite_regression(kernel, split, widths, config.kernel_ridges)
         except (np.linalg.LinAlgError, RuntimeError, MemoryError) as error:
             status = f"failed: {type(error).__name__}: {error}"
         mse, error = scores(fit.predictions, split.y_test, c) if fit is not None else (np.nan, np.nan)
         values = {"kernel": name, "test_mse": mse, "test_error": error, "status": status}
-        values |= {"ridge": fit.ridge, "residual": fit.residual, "method": fit.method} if fit else {}
+        if fit is not None:
+            values |= {"rho": fit.rho, "ridge": fit.ridge, "residual": fit.residual, "method": fit.method}
         values["seconds"] = time.perf_counter() - start
         for key, column in columns.items():
             column.append(values.get(key, "" if key == "method" else np.nan))
     text = ("kernel", "method", "status")
     return {k: np.asarray(v, dtype=str if k in text else np.float64) for k, v in columns.items()}
-
-
-# ------------------------------------------------------------------------------------ analysis
-
-
-@dataclasses.dataclass(frozen=True)
-class KernelScaling:
-    """Data scaling of the network's test error against its kernels' (from `kernel_scaling`).
-
-    models : "network", then the config's kernels; `labels` their display names.
-    error, mse : per model, seed means and standard errors per data size (MSE: kernels only; the
-        network trains on cross-entropy). The network's test error is at its minimum test loss.
-    error_fits, mse_fits : per model, the power law of test error (MSE) against n, seed bootstrap.
-    differences : per kernel, exponent(network) − exponent(kernel) of test error with its paired
-        seed-bootstrap interval, over the sizes both have (`fits.paired_exponent_difference`):
-        negative where the network's error falls faster with n than the kernel's.
-    not_fitted : why a fit is missing, keyed "error <model>", "mse <model>", "difference <kernel>".
-    n_seeds : the seeds (bootstrap units) the intervals come from.
-    """
-
-    models: tuple[str, ...]
-    labels: dict[str, str]
-    error: dict[str, Ensemble]
-    mse: dict[str, Ensemble]
-    error_fits: dict[str, PowerLaw]
-    mse_fits: dict[str, PowerLaw]
-    differences: dict[str, tuple[float, float, float]]
-    not_fitted: dict[str, str]
-    n_seeds: int
-
-
-def kernel_scaling(runs, x_name: str, config: dict, *, n_boot: int = 1000, rng=0) -> KernelScaling:
-    """Exponents of test error (and MSE) against n for the network and each kernel of the runs.
-
-    `runs` are analysed runs (`analysis.Run`) with their `kernels` arrays; `config` the store's.
-    """
-    kernels = tuple(config.get("kernels", ()))
-    models = ("network", *kernels)
-    labels = {m: LABELS[m] for m in models}
-    if "pretrained" in kernels:
-        labels["pretrained"] = f"{LABELS['pretrained']} (k = {config['pretrained_samples']})"
-    x = np.array([float(r.attrs[x_name]) for r in runs])
-    seeds = np.array([r.seed for r in runs])
-    error = {"network": np.array([1.0 - float(r.attrs.get("test_accuracy_at_min", np.nan)) for r in runs])}
-    mse = {}
-    for name in kernels:
-        for out, field in ((error, "test_error"), (mse, "test_mse")):
-            out[name] = np.array([_kernel_value(r, name, field) for r in runs])
-    generator = np.random.default_rng(rng)
-    fits: dict[str, dict[str, PowerLaw]] = {"error": {}, "mse": {}}
-    differences, why = {}, {}
-    for what, values in (("error", error), ("mse", mse)):
-        for name, y in values.items():
-            try:
-                fits[what][name] = fit_power_law(x, y, seeds, n_boot=n_boot, rng=generator)
-            except ValueError as problem:
-                why[f"{what} {name}"] = str(problem)
-    for name in kernels:
-        try:
-            differences[name] = paired_exponent_difference(
-                x, error["network"], error[name], seeds, n_boot=n_boot, rng=generator
-            )
-        except ValueError as problem:
-            why[f"difference {name}"] = str(problem)
-    return KernelScaling(
-        models,
-        labels,
-        {m: ensemble(x, y) for m, y in error.items()},
-        {m: ensemble(x, y) for m, y in mse.items()},
-        fits["error"],
-        fits["mse"],
-        differences,
-        why,
-        int(np.unique(seeds).size),
-    )
-
-
-def _kernel_value(run, name: str, field: str) -> float:
-    names = list(run.kernels.get("kernel", []))
-    return float(run.kernels[field][names.index(name)]) if name in names else np.nan

@@ -19,15 +19,17 @@ import numpy as np
 import xarray as xr
 
 from ntkspec.experiments import report
-from ntkspec.experiments.against_kernels import KernelScaling, kernel_scaling
+from ntkspec.experiments.against_kernels import LABELS
 from ntkspec.experiments.fits import (
     Breakpoint,
+    Ensemble,
     PowerLaw,
     ensemble,
     fit_breakpoint,
     fit_offset_power_law,
     fit_power_law,
     nanmean,
+    paired_exponent_difference,
 )
 from ntkspec.experiments.records import KINDS, Kind
 from ntkspec.experiments.store import open_sweep
@@ -123,6 +125,81 @@ def read_store(path: str | Path) -> Sweep:
     for name, message in dataset.attrs["unreadable"].items():
         runs[name] = Run(name, {"status": "unreadable", "message": message}, {})
     return Sweep(dataset, runs)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelScaling:
+    """Data scaling of the network's test error against its kernels' (from `kernel_scaling`).
+
+    models : "network", then the config's kernels; `labels` their display names.
+    error, mse : per model, seed means and standard errors per data size (MSE: kernels only; the
+        network trains on cross-entropy). The network's test error is at its minimum test loss.
+    error_fits, mse_fits : per model, the power law of test error (MSE) against n, seed bootstrap.
+    differences : per kernel, exponent(network) − exponent(kernel) of test error with its paired
+        seed-bootstrap interval, over the sizes both have (`fits.paired_exponent_difference`):
+        negative where the network's error falls faster with n than the kernel's.
+    not_fitted : why a fit is missing, keyed "error <model>", "mse <model>", "difference <kernel>".
+    n_seeds : the seeds (bootstrap units) the intervals come from.
+    """
+
+    models: tuple[str, ...]
+    labels: dict[str, str]
+    error: dict[str, Ensemble]
+    mse: dict[str, Ensemble]
+    error_fits: dict[str, PowerLaw]
+    mse_fits: dict[str, PowerLaw]
+    differences: dict[str, tuple[float, float, float]]
+    not_fitted: dict[str, str]
+    n_seeds: int
+
+
+def kernel_scaling(runs: list[Run], x_name: str, config: dict, *, n_boot: int = 1000, rng=0) -> KernelScaling:
+    """Exponents of test error (and MSE) against n for the network and each kernel of the runs
+    (`against_kernels`), with seed-bootstrap intervals; `config` is the store's."""
+    kernels = tuple(config.get("kernels", ()))
+    models = ("network", *kernels)
+    labels = {m: LABELS[m] for m in models}
+    if "pretrained" in kernels:
+        labels["pretrained"] = f"{LABELS['pretrained']} (k = {config['pretrained_samples']})"
+    x = np.array([float(r.attrs[x_name]) for r in runs])
+    seeds = np.array([r.seed for r in runs])
+    error = {"network": np.array([1.0 - float(r.attrs.get("test_accuracy_at_min", np.nan)) for r in runs])}
+    mse = {}
+    for name in kernels:
+        for out, field in ((error, "test_error"), (mse, "test_mse")):
+            out[name] = np.array([_kernel_value(r, name, field) for r in runs])
+    generator = np.random.default_rng(rng)
+    fits: dict[str, dict[str, PowerLaw]] = {"error": {}, "mse": {}}
+    differences, why = {}, {}
+    for what, values in (("error", error), ("mse", mse)):
+        for name, y in values.items():
+            try:
+                fits[what][name] = fit_power_law(x, y, seeds, n_boot=n_boot, rng=generator)
+            except ValueError as problem:
+                why[f"{what} {name}"] = str(problem)
+    for name in kernels:
+        try:
+            differences[name] = paired_exponent_difference(
+                x, error["network"], error[name], seeds, n_boot=n_boot, rng=generator
+            )
+        except ValueError as problem:
+            why[f"difference {name}"] = str(problem)
+    return KernelScaling(
+        models,
+        labels,
+        {m: ensemble(x, y) for m, y in error.items()},
+        {m: ensemble(x, y) for m, y in mse.items()},
+        fits["error"],
+        fits["mse"],
+        differences,
+        why,
+        int(np.unique(seeds).size),
+    )
+
+
+def _kernel_value(run, name: str, field: str) -> float:
+    names = list(run.kernels.get("kernel", []))
+    return float(run.kernels[field][names.index(name)]) if name in names else np.nan
 
 
 @dataclasses.dataclass(frozen=True)

@@ -29,7 +29,7 @@ from ntkspec.spectrum import METHODS
 OPTIMIZERS = ("adam", "sgd")
 SPACINGS = ("linear", "log")
 DTYPES = ("float32", "float64")
-_KERNEL_FIELDS = ("kernels", "pretrained_samples", "kernel_ridge")
+_KERNEL_FIELDS = ("kernels", "pretrained_samples", "kernel_ridges")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +62,8 @@ class SweepConfig:
         (`records.KERNELS`; see `against_kernels`); empty: none.
     pretrained_samples : k of the "pretrained" kernel, one of `data_sizes` (the eNTK of that size's
         trained network of the same seed; fitted for sizes n >= k).
-    kernel_ridge : ρ of the kernel regressions' ridge λ = ρ · tr K / rows.
+    kernel_ridges : the ρ tried for the kernel regressions' ridge λ = ρ · tr K / rows (the one of
+        lowest MSE on the NTK batch is kept; one value: used as given).
     """
 
     name: str = "sweep"
@@ -99,7 +100,7 @@ class SweepConfig:
     store: str | None = None
     kernels: tuple[str, ...] = ()
     pretrained_samples: int | None = None
-    kernel_ridge: float = 1e-4
+    kernel_ridges: tuple[float, ...] = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
     @classmethod
     def from_dict(cls, values: dict) -> SweepConfig:
@@ -221,8 +222,10 @@ class SweepConfig:
                 f"no {infinite} with model {self.model!r}",
                 "K∞ and the NNGP are the MLP's.",
             )
-        if not self.kernel_ridge > 0:
-            raise bad_value("kernel_ridge", self.kernel_ridge, "a positive number (λ = ρ · tr K / rows)")
+        if not self.kernel_ridges or not all(rho > 0 for rho in self.kernel_ridges):
+            raise bad_value(
+                "kernel_ridges", list(self.kernel_ridges), "positive numbers ρ (λ = ρ · tr K / rows)"
+            )
         if "pretrained" not in kernels:
             if k is not None:
                 raise bad_value("pretrained_samples", k, "no value without 'pretrained' in kernels")

@@ -14,7 +14,7 @@ Layout (Zarr v3)::
         trajectory/              attrs: n_steps; epoch, train_loss, test_loss, trace (step,)
         kernels/                 attrs: n_kernels; data-size sweeps with config `kernels` only
           kernel     (kernel,)   string     "init", "pretrained", ... (`records.KERNELS`)
-          test_mse, test_error, ridge, residual, seconds   (kernel,) float64
+          test_mse, test_error, rho, ridge, residual, seconds   (kernel,) float64
           method, status         (kernel,) string   (see `against_kernels`)
 
 Every chunk is Zstandard-compressed and carries a CRC32C checksum (Zarr v3's `crc32c` codec), so a
@@ -458,7 +458,7 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     `n_records`, the run attributes (`lr`, `depth`, `n_train`, `min_test_loss`, `min_test_loss_epoch`,
     `stopped_epoch`, ...) and the record measured at the minimum test loss, `<field>_at_min` (its top
     eigenvalues over `k`). The kernel regressions of a sweep with `kernels` are `kernel_<field>`
-    (`test_mse`, `test_error`, `ridge`, `residual`, `seconds`, `method`, `status`) over (value, seed,
+    (`test_mse`, `test_error`, `rho`, `ridge`, `residual`, `seconds`, `method`, `status`) over (value, seed,
     `kernel`), with the coordinate `kernel` (names in the config's order). The trajectory (losses
     and trace every few epochs) is `trajectory_<field>`
     over (value, seed, `step`), with the coordinate `trajectory_epoch`. Attributes: the store's

@@ -163,7 +163,10 @@ def _train_one(config, run, dataset, epochs, root, record, mesh, calibration) ->
                 result.min_epoch, result.min_test_loss, result.stopped, result.minimum, result.trajectory
             )
             if config.kernels:  # the network against its kernels (`against_kernels`)
-                writer.kernels(against_kernels.evaluate(config, run, split, result.min_model, dataset, root))
+                calibrated = lambda source: calibrate(config, source, dataset, root)  # noqa: E731
+                writer.kernels(
+                    against_kernels.evaluate(config, run, split, result.min_model, dataset, calibrated)
+                )
         writer.finish(result.status, message)
         return result.status
     except (RuntimeError, MemoryError, store.CorruptRunError) as error:
