@@ -14,6 +14,7 @@ Progress is reported through a callback; the command line draws it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -163,7 +164,7 @@ def _train_one(config, run, dataset, epochs, root, record, mesh, calibration) ->
                 result.min_epoch, result.min_test_loss, result.stopped, result.minimum, result.trajectory
             )
             if config.kernels:  # the network against its kernels (`against_kernels`)
-                calibrated = lambda source: calibrate(config, source, dataset, root)  # noqa: E731
+                calibrated = functools.partial(calibrate, config, dataset=dataset, root=root)
                 writer.kernels(
                     against_kernels.evaluate(config, run, split, result.min_model, dataset, calibrated)
                 )
