@@ -6,10 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from ntkspec._testing import reference_kernel
 
 import ntkspec
 from ntkspec import data, models
+from ntkspec._testing import reference_kernel
 from ntkspec.estimators import one_hot_targets
 from ntkspec.experiments import store
 from ntkspec.experiments.config import load_config
