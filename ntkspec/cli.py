@@ -162,12 +162,17 @@ def _analyze(store: Path, out_dir: Path | None, console: Console, wide: bool = F
 
 
 def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
-    from ntkspec.experiments.plots import plot_store
+    from ntkspec.experiments.analysis import analyze_store
+    from ntkspec.experiments.plots import missing_figures, plot_store
 
+    analysis = analysis if analysis is not None else analyze_store(store)
     paths = plot_store(store, out_dir, analysis=analysis)
     console.print(f"Figures ({len(paths)}) in {Path(out_dir).resolve()}:")
     for path in paths:
         console.print(f"  {path}")
+    if analysis.runs:
+        for name, why in missing_figures(analysis).items():
+            console.print(f"  not drawn: {name}: {why}")
 
 
 STORE_HELP = "Sweep store: a .zarr folder or a packed .zarr.zip."

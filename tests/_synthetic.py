@@ -3,7 +3,9 @@ with known scaling laws.
 
 Width (or data size) w, seed s: min test loss = 2 w^-1/2, trace ratio = 1.5 min(1, (w / w*)^-0.7),
 effective rank at the minimum = 4 min(w, w*)^0.5, with w* = `transition`; multiplicative log-normal
-noise of scale `noise` per run.
+noise of scale `noise` per run. With `motion`, also how the kernel moves: ‖K − K∞‖/‖K∞‖ = 3 w^-1/2
+at initialisation, doubling over the run, A(K, K∞) = 1 − d²/2, 1 − A(K₀, K) and the kernel velocity
+∝ w^-1/2, a kernel-regression test error falling from 0.5 to 0.3.
 """
 
 from __future__ import annotations
@@ -59,6 +61,31 @@ def curves(width: float, rng: np.random.Generator, n_records: int, transition: f
     }
 
 
+MOTION = (
+    "init_alignment",
+    "kernel_velocity",
+    "infinite_distance",
+    "infinite_alignment",
+    "kernel_test_error",
+)
+
+
+def motion_curves(width: float, rng: np.random.Generator, n_records: int, noise: float):
+    """The kernel-motion record arrays of one synthetic run (see the module docstring)."""
+    progress = np.linspace(0.0, 1.0, n_records)
+    scale = width**-0.5 * float(np.exp(noise * rng.standard_normal()))
+    distance = 3.0 * scale * (1.0 + progress)
+    velocity = 0.1 * scale * (1.5 - progress)
+    velocity[0] = np.nan
+    return {
+        "init_alignment": 1.0 - 0.5 * (scale * progress) ** 2,
+        "kernel_velocity": velocity,
+        "infinite_distance": distance,
+        "infinite_alignment": 1.0 - 0.5 * distance**2,
+        "kernel_test_error": 0.5 - 0.2 * progress,
+    }
+
+
 def write_sweep(
     path: Path,
     kind: str = "width",
@@ -67,8 +94,10 @@ def write_sweep(
     n_records: int = 40,
     transition: float = 700.0,
     noise: float = 0.05,
+    motion: bool = False,
 ) -> Path:
-    """Write a sweep; also one diverged run and one still running (both to be skipped).
+    """Write a sweep; also one diverged run and one still running (both to be skipped). With
+    `motion`, the runs also hold the kernel-motion arrays (`MOTION`).
 
     For kind "data_size" the `values` are training-set sizes (runs `n{size}_s{seed}`), for kind
     "noise" noisy-copy fractions (runs `p{percent}_s{seed}`, curves of width 256); the width is
@@ -100,9 +129,11 @@ def write_sweep(
         }
         group = root.create_group(f"{label[kind]}_s{seed}")
         records = curves(width if kind == "noise" else value, rng, n_records, transition, noise)
+        if motion:
+            records |= motion_curves(width if kind == "noise" else value, rng, n_records, noise)
         if status == "diverged":
             records["test_loss"][valid - 1] = np.nan
-        for name in ARRAYS:
+        for name in ARRAYS + (MOTION if motion else ()):
             array = group.create_array(
                 name,
                 shape=(capacity,),

@@ -216,7 +216,7 @@ def test_analyze_store_skips_and_fits(store, tmp_path):
     report = a.to_markdown()
     assert "- breakpoint transition: w* = " in report and "skipped w4096_s3 (diverged)" in report
     console = Console(record=True, width=200)
-    console.print(a.table.to_rich(title="mlp"))
+    console.print(a.table.to_rich(title="mlp", width=console.width))  # wrapped, as the CLI does
     assert "4096" in console.export_text()
     console.print(a)  # the whole analysis renders through `__rich__`
     assert "breakpoint transition" in console.export_text()

@@ -130,3 +130,8 @@ def test_train_records_how_far_the_kernel_moved(tiny_split, key, method):
     # 40 rows: the matrix-free sketch spans all of them, so it is exact too.
     assert last.init_alignment == pytest.approx(expected, rel=1e-5)
     assert 0.0 < last.init_alignment < 0.999
+    # Two records: the velocity at the second is its move from the first.
+    assert np.isnan(first.kernel_velocity)
+    assert last.kernel_velocity == pytest.approx(1 - last.init_alignment, abs=1e-5)
+    assert 0 < last.infinite_distance and 0 < last.infinite_alignment < 1
+    assert 0 <= last.kernel_test_error <= 1

@@ -24,6 +24,12 @@ top spaces and gives ⟨K₁Q, K₂Q⟩ exactly; probes g ← (I − QQᵀ)g, sh
 the rest as the mean of (K₁g)ᵀ(K₂g), ‖K₁g‖², ‖K₂g‖². The error bar is the delta method on the
 probes' 3 × 3 sample covariance.
 
+Relative distance between two kernels, ‖K₁ − K₂‖_F / ‖K₂‖_F (e.g. of the empirical NTK from its
+infinite-width limit K∞, which it approaches as O(n^-1/2) in the width n; Hanin & Nica 2019). The
+same pass gives it: ‖K₁ − K₂‖_F² = ‖K₁‖_F² − 2⟨K₁, K₂⟩_F + ‖K₂‖_F², here estimated per probe as
+‖(K₁ − K₂)g‖² (and ‖(K₁ − K₂)Q‖_F² exactly), which has no cancellation when K₁ ≈ K₂; the error bar is
+the delta method on the probes' 2 × 2 covariance of ‖(K₁ − K₂)g‖² and ‖K₂g‖².
+
 Rotation. Principal angles between the top-r eigenvector subspaces of two kernels (Björck & Golub
 1973): cos θᵢ are the singular values of U₁ᵀU₂ for orthonormal bases U₁, U₂ (dense `eigh` or the
 Lanczos eigenvectors of `top_eigenpairs` / `krylov_spectrum`), with r the effective rank of the
@@ -57,6 +63,15 @@ class AlignmentEstimate(NamedTuple):
 
 class FrobeniusEstimate(NamedTuple):
     """Estimate of ‖K‖_F² with its standard error and the matvecs used."""
+
+    value: jax.Array
+    stderr: jax.Array
+    matvecs: int
+
+
+class DistanceEstimate(NamedTuple):
+    """Relative distance `value` = ‖K₁ − K₂‖_F / ‖K₂‖_F >= 0, its standard error (0 if exact),
+    `matvecs` used per kernel."""
 
     value: jax.Array
     stderr: jax.Array
@@ -139,12 +154,28 @@ def kernel_alignment(kernel1, kernel2) -> AlignmentEstimate:
     return AlignmentEstimate(value, jnp.zeros((), acc), 0)
 
 
+def kernel_distance(kernel1, kernel2) -> DistanceEstimate:
+    """Exact relative distance ‖K₁ − K₂‖_F / ‖K₂‖_F of two dense kernels (n, n)."""
+    k1, k2 = _same_square(kernel1, kernel2)
+    acc = projected_dtype()
+    k1, k2 = k1.astype(acc), k2.astype(acc)
+    return DistanceEstimate(jnp.linalg.norm(k1 - k2) / jnp.linalg.norm(k2), jnp.zeros((), acc), 0)
+
+
 def kernel_alignment_stochastic(op1, op2, key, *, num_matvecs: int, n=None, dtype=None) -> AlignmentEstimate:
     """Matrix-free A(K₁, K₂) from `num_matvecs` products with each kernel (see the module notes).
 
     With s = m // 4: sketches K₁S, K₂S (s each), Q = orth of both (2s columns), K₁Q and K₂Q (2s each),
     and m − 3s shared deflated probes for the three residual traces.
     """
+    return kernel_comparison_stochastic(op1, op2, key, num_matvecs=num_matvecs, n=n, dtype=dtype)[0]
+
+
+def kernel_comparison_stochastic(
+    op1, op2, key, *, num_matvecs: int, n=None, dtype=None
+) -> tuple[AlignmentEstimate, DistanceEstimate]:
+    """A(K₁, K₂) and ‖K₁ − K₂‖_F / ‖K₂‖_F from one matrix-free pass of `num_matvecs` products with
+    each kernel (the pass of `kernel_alignment_stochastic`; see the module notes)."""
     matvec1, n, dtype = as_block_matvec(op1, n, dtype)
     matvec2, n2, dtype2 = as_block_matvec(op2, n, dtype)
     if (n2, dtype2) != (n, dtype):
@@ -155,20 +186,26 @@ def kernel_alignment_stochastic(op1, op2, key, *, num_matvecs: int, n=None, dtyp
     key_s, key_g = jax.random.split(key)
     sketch = jax.random.rademacher(key_s, (n, s), dtype)
     q, _ = jnp.linalg.qr(jnp.concatenate([matvec1(sketch), matvec2(sketch)], axis=1))
-    a, b = matvec1(q).astype(acc), matvec2(q).astype(acc)
-    low_rank = jnp.stack([jnp.sum(a * b), jnp.sum(a * a), jnp.sum(b * b)])
+
+    def products(v):  # per column: ⟨K₁v, K₂v⟩, ‖K₁v‖², ‖K₂v‖², ‖(K₁ − K₂)v‖²
+        a, b = matvec1(v).astype(acc), matvec2(v).astype(acc)
+        return jnp.stack([jnp.sum(a * b, 0), jnp.sum(a * a, 0), jnp.sum(b * b, 0), jnp.sum((a - b) ** 2, 0)])
+
+    low_rank = jnp.sum(products(q), axis=1)
     p = m - 3 * s
     g = jax.random.rademacher(key_g, (n, p), dtype)
-    g = g - q @ (q.T @ g)
-    a, b = matvec1(g).astype(acc), matvec2(g).astype(acc)
-    forms = jnp.stack([jnp.sum(a * b, axis=0), jnp.sum(a * a, axis=0), jnp.sum(b * b, axis=0)])
-    inner, norm1, norm2 = low_rank + jnp.mean(forms, axis=1)
+    forms = products(g - q @ (q.T @ g))
+    inner, norm1, norm2, gap = low_rank + jnp.mean(forms, axis=1)
+    centred = forms - jnp.mean(forms, axis=1, keepdims=True)
+    # Delta method; the variances need >= 2 probes (with fewer, `sample_std` says +inf).
     scale = 1 / jnp.sqrt(norm1 * norm2)
     value = inner * scale
     grad = jnp.stack([scale, -value / (2 * norm1), -value / (2 * norm2)])
-    # The delta-method variance needs >= 2 probes; with fewer, `sample_std` says +inf.
-    spread = sample_std(grad @ (forms - jnp.mean(forms, axis=1, keepdims=True)))
-    return AlignmentEstimate(value, spread / jnp.sqrt(p), m)
+    alignment = AlignmentEstimate(value, sample_std(grad @ centred[:3]) / jnp.sqrt(p), m)
+    distance = jnp.sqrt(gap / norm2)
+    grad = jnp.stack([distance / (2 * gap), -distance / (2 * norm2)])
+    spread = sample_std(grad @ centred[jnp.array([3, 2])])
+    return alignment, DistanceEstimate(distance, spread / jnp.sqrt(p), m)
 
 
 def principal_angles(u1, u2) -> Rotation:

@@ -215,7 +215,8 @@ class Analysis:
     the transition width).
     `not_fitted` says why a fit is missing, keyed "fit <quantity>" or "breakpoint <name>".
     `rates` holds each summarised run's adaptation rate per record; `dynamics` the seed-mean curves
-    per swept value (epoch, trace, effective rank, ln train loss, rate) at the epochs all its runs
+    per swept value (epoch, trace, effective rank, ln train loss, rate, and how the kernel moves:
+    kernel velocity, 1 − A(K₀, K), kernel-regression test error) at the epochs all its runs
     recorded. `expected_runs` is what the config asks for (None if it cannot say). `kernels`: the
     network's data scaling against its kernels' (`against_kernels.kernel_scaling`), for a sweep whose
     config names `kernels` (else None).
@@ -333,7 +334,8 @@ def _dynamics(
     runs: list[Run], x_name: str, rates: dict[str, np.ndarray], summaries: dict[str, RunSummary]
 ) -> dict[float, dict[str, np.ndarray]]:
     """Seed means per swept value, at the epochs all its runs recorded: trace, effective rank,
-    ln train loss (non-positive losses left out) and the adaptation rate."""
+    ln train loss (non-positive losses left out), the adaptation rate, the kernel velocity, the
+    kernel's movement 1 − A(K₀, K) and the kernel-regression test error (NaN where not recorded)."""
     groups: dict[float, list[Run]] = {}
     for run in sorted(runs, key=lambda r: float(r.attrs[x_name])):
         groups.setdefault(float(run.attrs[x_name]), []).append(run)
@@ -347,6 +349,9 @@ def _dynamics(
             "effective_rank": [],
             "log_train_loss": [],
             "rate": [],
+            "kernel_velocity": [],
+            "kernel_motion": [],
+            "kernel_test_error": [],
         }
         for run in members:
             rec = run.records
@@ -359,6 +364,10 @@ def _dynamics(
                 np.where(positive, np.log(np.where(positive, loss, 1)), np.nan)[at]
             )
             columns["rate"].append(rates[run.name][at])
+            missing = np.full(rec["epoch"].shape, np.nan)
+            columns["kernel_velocity"].append(rec.get("kernel_velocity", missing)[at])
+            columns["kernel_motion"].append(1.0 - rec.get("init_alignment", missing)[at])
+            columns["kernel_test_error"].append(rec.get("kernel_test_error", missing)[at])
         mean = {key: nanmean(np.stack(column), axis=0) for key, column in columns.items()}
         mean["epoch"] = np.asarray(epochs, dtype=np.float64)
         mean["min_epoch"] = np.array(np.mean([summaries[run.name].min_epoch for run in members]))
@@ -404,6 +413,9 @@ def _fit_all(
     fits, breaks, why = {}, {}, {}
 
     def attempt(label, fit, y, **kwargs):
+        if not np.any(np.isfinite(y)):
+            why[label] = "no finite value (a store recorded before this quantity was)"
+            return None
         try:
             return fit(x, y, seeds, n_boot=n_boot, rng=rng, **kwargs)
         except ValueError as error:

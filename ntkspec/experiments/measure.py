@@ -9,6 +9,16 @@ whose rotation between consecutive records is the study's eq. 17. Otherwise the 
 stochastic (`ntkspec.spectra`, diag K formed once), the alignments matrix-free with
 `ALIGNMENT_MATVECS` products per kernel and their standard errors, and the eigenvectors the Ritz
 vectors of thick-restarted block Lanczos (`ntkspec.estimators.top_eigenpairs`).
+
+How the kernel moves (`records.Record` defines the fields): the kernel velocity 1 − A(K_prev, K)
+with the previous record's kernel, kept like K₀ (dense or as the operator of that network); for an
+MLP, the distance ‖K − K∞‖_F / ‖K∞‖_F and alignment A(K, K∞) with K∞ ⊗ I_C of its widths
+(`ntkspec.infinite`), formed once per run on the NTK batch (matrix-free `mlp_operator` when K is;
+both then from one pass of `kernel_comparison_stochastic`); and the test error of kernel regression
+with K_t on the training set (Cholesky of the dense K(X, X), `ntkspec.regression.fit`), predicting
+the NTK batch through one product with the cross kernel K(x_ntk, X) (`cross_kernel`), which is
+never formed. On the study's MLPs (100 training samples, C = 10) the regression adds about 1.5 s to
+a record at width 4096 on 2 CPU cores (the record itself takes 4-16 s; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -28,7 +38,8 @@ from ntkspec.estimators import (
     DenseOperator,
     as_operator,
     kernel_alignment,
-    kernel_alignment_stochastic,
+    kernel_comparison_stochastic,
+    kernel_distance,
     kernel_target_alignment,
     kernel_target_alignment_stochastic,
     one_hot_targets,
@@ -37,7 +48,9 @@ from ntkspec.estimators import (
 )
 from ntkspec.experiments.config import SweepConfig, run_keys
 from ntkspec.experiments.records import Record
+from ntkspec.infinite import mlp_operator
 from ntkspec.operator import ntk
+from ntkspec.regression import cross_kernel, fit
 from ntkspec.spectrum import Spectrum, choose_method, spectra
 
 #: Matvecs per kernel of the matrix-free alignment with K₀ (about 0.1-1 % error on NTKs; see
@@ -45,10 +58,14 @@ from ntkspec.spectrum import Spectrum, choose_method, spectra
 ALIGNMENT_MATVECS = 100
 #: Least matvecs for the stochastic top-r eigenvectors of the rotation (4 r when r is larger).
 EIGENVECTOR_MATVECS = 400
+#: Ridge of the kernel regression relative to the mean diagonal: λ = RIDGE · tr K(X, X) / n (scale-
+#: free across widths, and keeps the Cholesky factorisation well posed in float32).
+RIDGE = 1e-4
+_NAN2 = (float("nan"), float("nan"))
 
 # One compiled program per operator structure (the operators are pytree arguments): faster than
 # eager dispatch, and on a mesh its collectives run inside one program.
-_alignment_stochastic = jax.jit(kernel_alignment_stochastic, static_argnames=("num_matvecs", "n", "dtype"))
+_comparison_stochastic = jax.jit(kernel_comparison_stochastic, static_argnames=("num_matvecs", "n", "dtype"))
 _label_alignment_stochastic = jax.jit(
     kernel_target_alignment_stochastic, static_argnames=("num_matvecs", "n", "dtype")
 )
@@ -67,16 +84,17 @@ class Measure:
 
     Parameters
     ----------
-    split : the run's samples: the NTK batch (`x_ntk`, held out from training), its labels and the
-        number of classes C.
+    split : the run's samples: the NTK batch (`x_ntk`, held out from training), its labels, the
+        number of classes C, and the training set (for the kernel regression).
     key : PRNG key of the stochastic estimators, folded with the epoch at each record.
     top_k : top eigenvalues kept per record.
     method : spectrum method ("auto", "exact" or "stochastic"), as for `ntkspec.spectra`.
     mesh : a ("data", "model") mesh for the operator (see `ntkspec.ntk`).
 
-    The first call's kernel is kept as K₀ for the alignment of every later record, and each call's
-    top eigenvectors for the rotation at the next one. A call with `consecutive=False` (the
-    measurement at the minimum test loss, between two records) uses them without replacing them.
+    The first call's kernel is kept as K₀ for the alignment of every later record (and K∞ is formed
+    then), and each call's kernel and top eigenvectors for the velocity and the rotation at the next
+    one. A call with `consecutive=False` (the measurement at the minimum test loss, between two
+    records) uses them without replacing them.
     """
 
     def __init__(
@@ -84,13 +102,19 @@ class Measure:
     ):
         # Host arrays: placed on whatever mesh the operator computes on, when it does.
         self.x_ntk = np.asarray(split.x_ntk)
-        self.targets = np.asarray(one_hot_targets(np.asarray(split.y_ntk), split.num_classes))
+        self.labels = np.asarray(split.y_ntk)
+        self.num_classes = split.num_classes
+        self.targets = np.asarray(one_hot_targets(self.labels, split.num_classes))
+        self.x_train = np.asarray(split.x_train)
+        self.train_targets = np.asarray(one_hot_targets(np.asarray(split.y_train), split.num_classes))
         self.key_data = np.asarray(jax.random.key_data(key))
         self.top_k = top_k
         self.method = method
         self.mesh = mesh
         self.first = None
-        self.vectors = None  # top eigenvectors of the last consecutive record
+        self.infinite = None  # K∞ ⊗ I_C on the NTK batch, for an MLP (formed at the first call)
+        self.previous = None  # kernel of the last consecutive record
+        self.vectors = None  # its top eigenvectors
 
     def operator(self, model: nnx.Module):
         """The NTK of `model` on the NTK batch, as a dense operator when the spectrum will be exact."""
@@ -117,10 +141,18 @@ class Measure:
         start = time.perf_counter()
         op = self.operator(model)
         raw, cosine = self.spectra(op, epoch)
-        self.first = op if self.first is None else self.first
+        if self.first is None:
+            self.first, self.infinite = op, self._infinite(model, op)
         key = self._key(epoch)
-        alignment = self._alignment(op, jax.random.fold_in(key, 1))
+        alignment, _ = self._compare(self.first, op, jax.random.fold_in(key, 1))
         label = self._label_alignment(op, jax.random.fold_in(key, 2))
+        velocity = _NAN2
+        if self.previous is not None:
+            velocity = self._compare(self.previous, op, jax.random.fold_in(key, 4))[0]
+        infinite = (_NAN2, _NAN2)
+        if self.infinite is not None:
+            infinite = self._compare(op, self.infinite, jax.random.fold_in(key, 5))
+        test_error, test_mse = self._regression(model)
         rank = max(1, round(raw.effective_rank))
         previous = self.vectors
         keep = rank if previous is None else max(rank, previous.shape[1])
@@ -131,7 +163,7 @@ class Measure:
             else 1.0 - float(principal_angles(previous, vectors[:, : previous.shape[1]]).overlap)
         )
         if consecutive:
-            self.vectors = vectors[:, :rank]
+            self.previous, self.vectors = op, vectors[:, :rank]
         return Record(
             epoch=epoch,
             **metrics,
@@ -152,17 +184,55 @@ class Measure:
             label_alignment=label[0],
             label_alignment_stderr=label[1],
             eigenvector_rotation=rotation,
+            kernel_velocity=1.0 - velocity[0],
+            kernel_velocity_stderr=velocity[1],
+            infinite_distance=infinite[1][0],
+            infinite_distance_stderr=infinite[1][1],
+            infinite_alignment=infinite[0][0],
+            infinite_alignment_stderr=infinite[0][1],
+            kernel_test_error=test_error,
+            kernel_test_mse=test_mse,
             method=raw.method,
             spectrum_seconds=time.perf_counter() - start,
         )
 
-    def _alignment(self, op, key: Key) -> tuple[float, float]:
-        """A(K₀, K) and its standard error: exact between dense kernels, else matrix-free."""
-        if isinstance(self.first, DenseOperator) and isinstance(op, DenseOperator):
-            result = kernel_alignment(self.first.dense(), op.dense())
+    def _compare(self, op1, op2, key: Key) -> tuple[tuple[float, float], tuple[float, float]]:
+        """(A(K₁, K₂), its standard error) and (‖K₁ − K₂‖_F / ‖K₂‖_F, its standard error): exact
+        between dense kernels, else from one matrix-free pass."""
+        if isinstance(op1, DenseOperator) and isinstance(op2, DenseOperator):
+            results = kernel_alignment(op1.dense(), op2.dense()), kernel_distance(op1.dense(), op2.dense())
         else:
-            result = _alignment_stochastic(self.first, op, key, num_matvecs=ALIGNMENT_MATVECS)
-        return float(result.value), float(result.stderr)
+            results = _comparison_stochastic(op1, op2, key, num_matvecs=ALIGNMENT_MATVECS)
+        return tuple((float(r.value), float(r.stderr)) for r in results)
+
+    def _infinite(self, model: nnx.Module, op):
+        """K∞ ⊗ I_C of an MLP's widths on the NTK batch, dense if `op` is; None for other models."""
+        if not isinstance(model, models.MLP):
+            return None
+        widths = tuple(layer.in_features for layer in model.layers)  # (d_in, n_1, ..., n_{L-1})
+        infinite = mlp_operator(jnp.asarray(self.x_ntk, op.dtype), widths, self.num_classes)
+        return as_operator(infinite.dense()) if isinstance(op, DenseOperator) else infinite
+
+    def _regression(self, model: nnx.Module) -> tuple[float, float]:
+        """Test error and MSE on the NTK batch of kernel regression with this K on the training set.
+
+        NaN where K(X, X) is too large to form (`choose_method` would not form it) or its Cholesky
+        factorisation fails in this precision.
+        """
+        train = ntk(model, self.x_train, mesh=self.mesh)
+        if choose_method(train) != "exact":
+            return _NAN2
+        kernel = train.dense()
+        ridge = RIDGE * float(jnp.trace(kernel)) / kernel.shape[0]
+        try:
+            fitted = fit(kernel, self.train_targets, ridge=ridge)
+        except ValueError:
+            return _NAN2
+        predicted = np.asarray(fitted.predict(cross_kernel(train, self.x_ntk)), np.float64)
+        predicted = predicted.reshape(-1, self.num_classes)
+        error = np.mean(np.argmax(predicted, axis=1) != self.labels)
+        mse = np.mean(np.sum((predicted - self.targets.reshape(predicted.shape)) ** 2, axis=1))
+        return float(error), float(mse)
 
     def _label_alignment(self, op, key: Key) -> tuple[float, float]:
         """A(K, yyᵀ) and its standard error: exact for a dense kernel, else matrix-free."""

@@ -66,8 +66,10 @@ def plot_store(
 ) -> list[Path]:
     """Analyse the sweep at `path` (unless `analysis` is given) and write its figures to `out_dir`.
 
-    Writes `<store>-dynamics`, `<store>-scaling` and `<store>-transition` (and `<store>-kernels` for
-    a sweep with kernel regressions) in each of `formats`; returns the paths written.
+    Writes `<store>-dynamics`, `<store>-scaling`, `<store>-transition`, `<store>-kernel-motion` and
+    `<store>-infinite` (and `<store>-kernels` for a sweep with kernel regressions) in each of
+    `formats`, less those `missing_figures` names (a store recorded before their quantities were);
+    returns the paths written.
     """
     analysis = analysis if analysis is not None else analyze_store(path)
     if not analysis.runs:
@@ -81,15 +83,20 @@ def plot_store(
     out.mkdir(parents=True, exist_ok=True)
     name = stem(analysis.sweep.path)
     written = []
+    missing = missing_figures(analysis)
     with mpl.rc_context(STYLE):
         figures = [
             ("dynamics", dynamics_figure),
             ("scaling", scaling_figure),
             ("transition", transition_figure),
+            ("kernel-motion", kernel_motion_figure),
+            ("infinite", infinite_figure),
         ]
         if analysis.kernels is not None:
             figures.append(("kernels", kernels_figure))
         for kind, build in figures:
+            if kind in missing:
+                continue
             figure = build(analysis)
             for fmt in formats:
                 target = out / f"{name}-{kind}.{fmt}"
@@ -274,6 +281,109 @@ def kernels_figure(analysis: Analysis) -> Figure:
 def _level(scaling) -> float:
     fits = [*scaling.error_fits.values(), *scaling.mse_fits.values()]
     return fits[0].level if fits else 0.95
+
+
+# ------------------------------------------------------------------------------ kernel motion
+
+
+def missing_figures(analysis: Analysis) -> dict[str, str]:
+    """The figures `plot_store` leaves out, with the reason: "kernel-motion" without any recorded
+    kernel velocity or alignment with K₀, "infinite" without any distance from K∞ (stores recorded
+    before these were, or models without a K∞)."""
+    missing = {}
+    curves = [
+        c for group in analysis.dynamics.values() for c in (group["kernel_velocity"], group["kernel_motion"])
+    ]
+    if not any(np.any(np.isfinite(c)) for c in curves):
+        missing["kernel-motion"] = "no kernel velocity or alignment with K₀ recorded (an older store)"
+    _, distance, _ = analysis.per_run("infinite_distance0")
+    if not np.any(np.isfinite(distance)):
+        missing["infinite"] = "no distance from K∞ recorded (a store from before it was, or not an MLP)"
+    return missing
+
+
+@_styled
+def kernel_motion_figure(analysis: Analysis) -> Figure:
+    """How the kernel moves: kernel velocity 1 − A(K_prev, K_t) between consecutive records, its
+    distance from initialisation 1 − A(K₀, K_t), and the test error of kernel regression with K_t,
+    against epoch (Fort et al. 2020; Vyas, Bansal & Nakkiran 2022).
+
+    Seed means per width, one line each on a sequential scale, the dot at the mean epoch of the
+    minimum test loss. With log-spaced records each velocity spans a fixed ratio of epochs. A panel
+    whose quantity the store does not hold (recorded before it was) says so.
+    """
+    figure = Figure(figsize=(WIDTH_IN, 2.5), layout="constrained")
+    axes = figure.subplots(1, 3, sharex=True)
+    groups = analysis.dynamics
+    palette = _palette(len(groups))
+    panels = (
+        ("kernel_velocity", r"kernel velocity $1 - A(K_{t'}, K_t)$", "log"),
+        ("kernel_motion", r"$1 - A(K_0, K_t)$", "log"),
+        ("kernel_test_error", r"kernel-regression test error ($K_t$)", "linear"),
+    )
+    for i, curves in enumerate(groups.values()):
+        i_min = int(np.argmin(np.abs(curves["epoch"] - curves["min_epoch"])))
+        dot = {"color": palette(i), "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
+        for ax, (key, _, scale) in zip(axes, panels, strict=True):
+            y = curves[key]
+            if scale == "log":  # 1 − A is 0 at epoch 0 by definition: drawn from the first step on
+                y = np.where((y > 0) & (curves["epoch"] > 0), y, np.nan)
+            ax.plot(curves["epoch"], y, color=palette(i))
+            ax.plot(curves["epoch"][i_min], y[i_min], "o", **dot)
+    for ax, (key, label, scale) in zip(axes, panels, strict=True):
+        ax.set_xscale("symlog", linthresh=_first_positive(analysis), linscale=0.3)
+        ax.set_xlim(left=0.0)
+        if any(np.any(np.isfinite(c[key]) & (c[key] > 0)) for c in groups.values()):
+            ax.set_yscale(scale)
+        else:
+            ax.text(0.5, 0.5, "not recorded in this store", transform=ax.transAxes, ha="center")
+            ax.set_yticks([])
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
+    axes[0].legend([marker], ["minimum test loss"], loc="best")
+    _tidy(axes)
+    _colorbar(figure, axes, analysis, list(groups))
+    return figure
+
+
+@_styled
+def infinite_figure(analysis: Analysis) -> Figure:
+    """The transition from the kernel side: ‖K − K∞‖_F / ‖K∞‖_F and 1 − A(K, K∞) at initialisation
+    and at the minimum test loss against width, beside the trace ratio (T* − T₀) / T₀.
+
+    Seed means with standard-error bars, single seeds faint, power laws dashed with their exponent
+    and bootstrap interval; the trace ratio with its breakpoint (the shared one where fitted).
+    """
+    figure = Figure(figsize=(WIDTH_IN, 3.0), layout="constrained")
+    axes = figure.subplots(1, 3, sharex=True)
+    symbol = analysis.sweep.swept.symbol
+    series = (
+        ("infinite_distance", r"$\|K - K_\infty\|_F / \|K_\infty\|_F$"),
+        ("infinite_misalignment", r"$1 - A(K, K_\infty)$"),
+    )
+    for ax, (stem_, label) in zip(axes, series, strict=False):
+        for suffix, color, marker, when in (("0", "C0", "o", "init"), ("_at_min", "C1", "s", "at min.")):
+            fit = analysis.fits.get(stem_ + suffix)
+            text = f"{when}: {_exponent_label(fit, symbol)}" if fit is not None else when
+            _points(ax, analysis, stem_ + suffix, 1.0, color, text, marker=marker)
+            if fit is not None:
+                x = np.geomspace(fit.x_min, fit.x_max, 50)
+                ax.plot(x, fit(x), "--", color=color, lw=1.0, zorder=3)
+        ax.set_ylabel(label)
+    _points(axes[2], analysis, "trace_ratio", 1.0, "C0", "mean ± s.e.")
+    joint = analysis.transition
+    fit, index = (joint, 1) if joint is not None else (analysis.breakpoints.get("trace_ratio"), 0)
+    if fit is not None:
+        _breakpoint(axes[2], fit, index, analysis, symbol)
+    axes[2].set_ylabel(r"trace ratio $(T_{\min} - T_0) / T_0$")
+    for ax in axes:
+        ax.set_xscale(_x_scale(analysis))
+        ax.set_yscale("log")
+        ax.set_xlabel(analysis.sweep.swept.label)
+        ax.legend(loc="lower left", fontsize=6.5, handlelength=1.2)
+    _tidy(axes)
+    return figure
 
 
 # ----------------------------------------------------------------------------------- helpers

@@ -26,6 +26,18 @@ class Record:
     misalignment of the top-r eigenvectors U'_r of K with those U_r of the record before (r = the
     effective rank there, rounded; the study's eq. 17): 0 for the same subspace, 1 for orthogonal
     ones, NaN at the first record.
+
+    How the kernel moves (Fort et al. 2020; Vyas, Bansal & Nakkiran 2022): `kernel_velocity` is
+    1 − A(K_prev, K) with the kernel K_prev of the record before (NaN at the first record; for the
+    record at the minimum test loss, measured after training, K_prev is the run's last record, as for
+    the rotation). `infinite_distance` is ‖K − K∞‖_F / ‖K∞‖_F and `infinite_alignment` A(K, K∞), with
+    K∞ ⊗ I_C the width-aware infinite-width NTK of the run's MLP on the NTK batch
+    (`ntkspec.infinite.mlp_ntk`; NaN for other models). `kernel_test_error` and `kernel_test_mse`
+    are the classification error and the mean squared error Σ_c (f_c − y_c)² per sample, on the NTK
+    batch, of kernel regression with K on the training set: f = K(x, X)(K(X, X) + λI)⁻¹ y with the
+    one-hot (uncentred) training labels y and λ = 10⁻⁴ tr K(X, X) / (N C) (NaN where K(X, X) is too
+    large to form). Every `*_stderr` is 0 where the value is exact (dense K), else the matrix-free
+    estimate's standard error.
     """
 
     epoch: int
@@ -50,6 +62,14 @@ class Record:
     label_alignment: float
     label_alignment_stderr: float
     eigenvector_rotation: float
+    kernel_velocity: float
+    kernel_velocity_stderr: float
+    infinite_distance: float
+    infinite_distance_stderr: float
+    infinite_alignment: float
+    infinite_alignment_stderr: float
+    kernel_test_error: float
+    kernel_test_mse: float
     method: str
     spectrum_seconds: float
 

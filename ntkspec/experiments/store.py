@@ -4,7 +4,8 @@ Layout (Zarr v3)::
 
     sweep.zarr/                  attrs: config, versions, ntkspec_version, created
       .locks/                    one lock file per run (`filelock`), and one for creating the root
-      w64_s0/                    attrs: status, message, n_records and `records.RUN_FIELDS`
+      w64_s0/                    attrs: status, message, n_records, arrays (the record arrays it
+                                 holds) and `records.RUN_FIELDS`
         epoch        (record,)   int64
         train_loss   (record,)   float64    ... one 1-D array per scalar field of `records.Record`
         method       (record,)   string     "exact" or "stochastic"
@@ -22,7 +23,9 @@ chunk changed on disk (a bad sector, a partial copy) is detected when read inste
 into wrong numbers; a chunk that is missing is detected from the store's listing (Zarr would read it
 as fill values). `read_run` raises `CorruptRunError` naming the run and the array; `open_sweep` marks
 such a run "unreadable" and goes on; a sweep reruns it. Stores written before checksums existed read
-as before (their codecs are in their metadata).
+as before (their codecs are in their metadata). A run lists the record arrays it was written with
+(`arrays`) and must hold them all; a checksummed run written before that list existed may lack the
+fields added since (`_ADDED_ARRAYS`), which `open_sweep` then reads as NaN (or leaves out).
 
 Crash safety (every metadata and chunk write of Zarr's local store is atomic: temporary file, then
 rename): a record is appended by growing and writing every array at index r, and only then setting the
@@ -241,7 +244,14 @@ class RunWriter:
         self.group = root.create_group(
             name,
             attributes=_jsonable(
-                {**attrs, "status": "running", "message": "", "n_records": 0, "layout": LAYOUT}
+                {
+                    **attrs,
+                    "status": "running",
+                    "message": "",
+                    "n_records": 0,
+                    "layout": LAYOUT,
+                    "arrays": sorted(_RECORD_ARRAYS),
+                }
             ),
         )
         self.records = _Records(self.group, top_k)
@@ -328,6 +338,26 @@ class RunWriter:
 
 
 _RECORD_ARRAYS = frozenset({"epoch", "method", *SCALAR_FIELDS, *VECTOR_FIELDS})
+#: Record arrays added after runs began to be written with checksums but before a run listed the
+#: record arrays it holds (its attribute `arrays`): such an older run may lack them (NaN in
+#: `open_sweep`); a run that lists its arrays must hold every one.
+_ADDED_ARRAYS = frozenset(
+    {
+        "kernel_velocity",
+        "kernel_velocity_stderr",
+        "infinite_distance",
+        "infinite_distance_stderr",
+        "infinite_alignment",
+        "infinite_alignment_stderr",
+        "kernel_test_error",
+        "kernel_test_mse",
+    }
+)
+
+
+def _required(attrs: dict) -> frozenset[str]:
+    """The record arrays a checksummed run must hold: those it lists, else the older set."""
+    return frozenset(attrs["arrays"]) if "arrays" in attrs else _RECORD_ARRAYS - _ADDED_ARRAYS
 
 
 def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
@@ -339,7 +369,7 @@ def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     path = Path(path)
     attrs, members = _open(path, name, name)
     keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
-    required = _RECORD_ARRAYS if keys is not None else frozenset()
+    required = _required(attrs) if keys is not None else frozenset()
     return attrs, _read_arrays(name, name, members, int(attrs.get("n_records", 0)), keys, required)
 
 
@@ -360,7 +390,7 @@ def read_parts(path: str | Path, name: str) -> dict[str, dict[str, np.ndarray]]:
                 continue
             raise
         n = int(part_attrs.get("n_steps", part_attrs.get("n_kernels", 1)))
-        required = _RECORD_ARRAYS if part == "at_min" and keys is not None else frozenset()
+        required = _required(attrs) if part == "at_min" and keys is not None else frozenset()
         parts[part] = _read_arrays(name, f"{name}/{part}", members, n, keys, required)
     return parts
 

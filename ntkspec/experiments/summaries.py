@@ -7,6 +7,9 @@ Per run (records r = 0 .. n-1 of one training run):
 * effective rank and cosine effective rank at r*;
 * the alignment A(K0, K*) of the NTK at r* with the one at initialisation (1 - A: how far the kernel
   moved; NaN for stores recorded before it was);
+* the kernel's distance from the infinite-width NTK, ‖K − K∞‖_F / ‖K∞‖_F, and its misalignment
+  1 − A(K, K∞), at initialisation (record 0) and at r*, and the test error of kernel regression with
+  K at r* (NaN for stores recorded before these were, and for models without a K∞);
 * the adaptation rate dT / d ln L_train at r*: T and ln L_train are smoothed by a centred running
   mean over `window` records (by default a tenth of the run's records), then differentiated,
   dT/dlnL = (dT/dt) / (dlnL/dt) with `np.gradient`.
@@ -34,6 +37,11 @@ QUANTITIES: dict[str, str] = {
     "adaptation_rate_at_min": "dT/dlnL",
     "init_alignment_at_min": "A(K0, K*)",
     "label_alignment_at_min": "A(K*, yy')",
+    "infinite_distance0": "|K0-Kinf|/|Kinf|",
+    "infinite_distance_at_min": "|K*-Kinf|/|Kinf|",
+    "infinite_misalignment0": "1-A(K0, Kinf)",
+    "infinite_misalignment_at_min": "1-A(K*, Kinf)",
+    "kernel_test_error_at_min": "kernel regr. error",
 }
 
 #: Quantities fitted with a power law against width (or data size). The cosine NTK's effective
@@ -45,9 +53,21 @@ FITTED = (
     "cosine_effective_rank_at_min",
     "effective_rank_at_min",
     "trace_ratio",
+    "infinite_distance0",
+    "infinite_distance_at_min",
+    "infinite_misalignment0",
+    "infinite_misalignment_at_min",
 )
 _REQUIRED = ("epoch", "train_loss", "test_loss", "trace", "effective_rank")
-_OPTIONAL = ("cosine_effective_rank", "test_accuracy", "init_alignment", "label_alignment")
+_OPTIONAL = (
+    "cosine_effective_rank",
+    "test_accuracy",
+    "init_alignment",
+    "label_alignment",
+    "infinite_distance",
+    "infinite_alignment",
+    "kernel_test_error",
+)
 #: Epochs of the running means of the adaptation rate from a trajectory (the study's App. B.4).
 RATE_EPOCHS = 20
 
@@ -133,6 +153,11 @@ class RunSummary:
     adaptation_rate_at_min: float
     init_alignment_at_min: float
     label_alignment_at_min: float = float("nan")
+    infinite_distance0: float = float("nan")
+    infinite_distance_at_min: float = float("nan")
+    infinite_misalignment0: float = float("nan")
+    infinite_misalignment_at_min: float = float("nan")
+    kernel_test_error_at_min: float = float("nan")
     exact_minimum: bool = False
 
     def as_dict(self) -> dict[str, float | int]:
@@ -153,8 +178,9 @@ def run_summary(
     ----------
     records
         1-D arrays over records, all of one length: `epoch`, `train_loss`, `test_loss`, `trace`,
-        `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy`, `init_alignment` and
-        `label_alignment` (NaN if absent).
+        `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy`, `init_alignment`,
+        `label_alignment`, `infinite_distance`, `infinite_alignment` and `kernel_test_error` (NaN if
+        absent).
         The first record is taken to be the initialisation (T0 = trace[0]).
     window
         Records in the running mean used for the adaptation rate from records (default:
@@ -188,6 +214,7 @@ def run_summary(
     t0 = float(trace[0])
     at = {name: float(values[i]) for name, values in arrays.items()}
     at.update({name: nan[i] for name in _OPTIONAL if name not in at})
+    first = {name: float(arrays.get(name, nan)[0]) for name in ("infinite_distance", "infinite_alignment")}
     exact = at_min is not None and np.isfinite(at_min.get("test_loss", np.nan))
     if exact:
         at.update({name: float(at_min.get(name, np.nan)) for name in (*_REQUIRED, *_OPTIONAL)})
@@ -215,6 +242,11 @@ def run_summary(
         adaptation_rate_at_min=rate,
         init_alignment_at_min=at["init_alignment"],
         label_alignment_at_min=at["label_alignment"],
+        infinite_distance0=first["infinite_distance"],
+        infinite_distance_at_min=at["infinite_distance"],
+        infinite_misalignment0=1.0 - first["infinite_alignment"],
+        infinite_misalignment_at_min=1.0 - at["infinite_alignment"],
+        kernel_test_error_at_min=at["kernel_test_error"],
         exact_minimum=bool(exact),
     )
 
