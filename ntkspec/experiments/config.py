@@ -56,6 +56,9 @@ class SweepConfig:
     pilot_runs : most pilot trainings a calibration may spend per swept value.
     top_k, method : top eigenvalues kept per record, spectrum method.
     dtype : parameter and input dtype.
+    ensemble : train the seeds of a swept value together, as one program (`train.train_ensemble`),
+        or one by one (False); the numbers agree either way, so a store may be resumed with the
+        other setting.
     store : store path (default "runs/{name}.zarr").
     """
 
@@ -90,6 +93,7 @@ class SweepConfig:
     top_k: int = 10
     method: str = "auto"
     dtype: str = "float32"
+    ensemble: bool = True
     store: str | None = None
 
     @classmethod

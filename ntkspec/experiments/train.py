@@ -59,10 +59,14 @@ class TrainResult:
     stopped: int = 0
 
 
+@functools.cache
 def make_optimizer(
     name: str, lr: float, *, b1: float = 0.9, b2: float = 0.999, momentum: float = 0.9
 ) -> optax.GradientTransformation:
-    """Adam (Kingma & Ba 2015; `b1`, `b2`) or SGD with heavy-ball `momentum`, at learning rate `lr`."""
+    """Adam (Kingma & Ba 2015; `b1`, `b2`) or SGD with heavy-ball `momentum`, at learning rate `lr`.
+
+    Cached: equal settings give the same object, so the runs of a sweep that share them share one
+    compiled training loop per architecture (the optimizer is a static argument of the loop)."""
     if not lr > 0:
         raise bad_value("lr", lr, "a positive learning rate")
     if name == "adam":
@@ -388,18 +392,18 @@ def _stack(name: str, trees: list):
         if own != reference or other_def != graphdef:
             diff = next(((a, b) for a, b in zip(own, reference, strict=False) if a != b), None)
             if diff is None:
-                got = f"entry {e} of another structure ({len(own)} leaves or a different graph)"
-                expected = f"the structure of entry 0 ({len(reference)} leaves)"
+                got = f"entry {e} of another structure ({len(own)} arrays, or another graph)"
+                expected = f"the structure of entry 0 ({len(reference)} arrays)"
             else:
                 (path, shape, dtype), (_, shape0, dtype0) = diff
-                got = f"entry {e} with {path or 'an array'} of shape {shape} and dtype {dtype}"
-                expected = f"the shape {shape0} and dtype {dtype0} of entry 0's"
+                got = f"entry {e} with {path} of shape {shape} {dtype}"
+                expected = f"shape {shape0} {dtype0}, as in entry 0"
             raise bad_value(
                 name,
                 got,
                 expected,
                 "One ensemble trains networks of one architecture on data of one size; train the "
-                "others separately (sweeps: ensemble = false, or a point per size).",
+                "others in an ensemble of their own (in a sweep: another swept value), or alone.",
             )
     return graphdef, jax.tree.map(
         lambda *leaves: jnp.stack([jnp.asarray(a) for a in leaves]), *(t for _, t in trees)
