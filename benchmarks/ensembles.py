@@ -97,11 +97,12 @@ def task(task: dict) -> dict:
 def _cases(c: dict) -> list[dict]:
     common = {k: c[k] for k in ("seeds", "n_ntk", "n_test", "epochs", "eval_every", "n_records")}
     cases = [
-        common | {"sweep": "width", "depth": 3, "width": w, "n_train": c["n_train"]} for w in c["widths"]
+        common
+        | {"sweep": "width", "depth": 3, "width": w, "n_train": c["n_train"], "repeats": 3 if w <= 512 else 1}
+        for w in c["widths"]
     ]
-    scaling = c["data_scaling"]
-    cases.append(common | {"sweep": "data_size", "depth": 4, "width": 8, "n_train": scaling})
-    return cases
+    scaling = {"sweep": "data_size", "depth": 4, "width": 8, "n_train": c["data_scaling"], "repeats": 3}
+    return cases + [common | scaling]
 
 
 def section(c: dict) -> dict:

@@ -231,7 +231,7 @@ def train_ensemble(
     more (`TrainResult.minimum`). A loss that becomes NaN or Inf ends that network's run with status
     "diverged" and advice, never an exception.
 
-    The trace tr K (every evaluation, `measure.traces`) is one vmapped program for the ensemble. The
+    The trace tr K (every evaluation, `measure.ntk_traces`) is one vmapped program for the ensemble. The
     records (`Measure.__call__`) stay a loop over the networks: dense K, a host `eigh` and the
     alignments against each network's own K₀ and eigenvectors, state that differs per network.
 
