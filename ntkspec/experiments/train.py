@@ -234,8 +234,8 @@ def train_ensemble(
     The trace tr K (every evaluation, `measure.ntk_traces`) is one vmapped program for the ensemble.
     The records (`Measure.__call__`) stay a loop over the networks: each needs its own K₀ and
     eigenvectors and a host `eigh`, and in `benchmarks/ensembles.py` (5 seeds, 32-sample NTK batch)
-    they run at the same rate in both modes and take a tenth to a third of a warm sweep, so
-    vmapping them would gain little.
+    they run at the same rate in both modes and take 4-20 % of a warm sweep, so vmapping them
+    would gain little.
 
     Parameters
     ----------
