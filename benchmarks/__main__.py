@@ -1,6 +1,6 @@
 """`python -m benchmarks run [--quick] [--out DIR] [--only SECTION,...]`: the benchmark suite.
 
-Sections: work-precision, width, kernel-size, anchors (see `benchmarks/suite.py`). One JSON per
+Sections: work-precision, width, kernel-size, anchors, ensembles (see `benchmarks/suite.py`). One JSON per
 section, the figures and `summary.md` go to DIR (default benchmarks/results/suite, or suite-quick).
 """
 

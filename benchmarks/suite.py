@@ -17,6 +17,8 @@ kernel-size (`benchmarks.kernel_size`)
 anchors (`benchmarks.anchors`)
     the exact kernel against neural-tangents, in its own venv (reused from `results/anchors.json`
     unless asked to rerun; skipped in quick runs).
+ensembles (`benchmarks.ensembles`)
+    sweep throughput with a point's seeds in one vmapped program against the per-seed loop.
 
 Every measurement of the width and kernel-size sections runs in a fresh subprocess
 (`_harness.spawn_task`): its programs are compiled ahead of time (not timed), then the first run is
@@ -35,19 +37,27 @@ import time
 from pathlib import Path
 
 from benchmarks import _harness as h
-from benchmarks import anchors, kernel_size, width, work_precision
+from benchmarks import anchors, ensembles, kernel_size, width, work_precision
 
 HERE = Path(__file__).parent
-SECTIONS = ("work-precision", "width", "kernel-size", "anchors")
+SECTIONS = ("work-precision", "width", "kernel-size", "anchors", "ensembles")
 DATA_DIR = HERE.parent.parent / "shared" / "data"  # the project's shared data, next to the checkout
-MODULES = {"work-precision": work_precision, "width": width, "kernel-size": kernel_size, "anchors": anchors}
+MODULES = {
+    "work-precision": work_precision,
+    "width": width,
+    "kernel-size": kernel_size,
+    "anchors": anchors,
+    "ensembles": ensembles,
+}
 # What a worker process runs: `python -m benchmarks _worker TASK` calls TASKS[TASK["kind"]](TASK).
 TASKS = {
     "width": width.task,
     "kernel-size": kernel_size.task,
     "work-precision": work_precision.synthetic_task,
     "real-ntk": work_precision.real_ntk_task,
+    "ensembles": ensembles.task,
 }
+_ENSEMBLES = {"seeds": 5, "n_train": 100, "n_test": 500, "n_ntk": 32, "epochs": 50, "eval_every": 10}
 
 # Sizes per scale. "smoke" is the test's: seconds, not a benchmark.
 SCALES = {
@@ -57,6 +67,9 @@ SCALES = {
         "mnist": None,
         "width": {"widths": [16], "n": 8, "jacobian_max": 16, "stochastic_max": 16, "budget": 50},
         "kernel": {"width": 16, "ns": [10, 20], "budget": 50, "exact_max_rows": 200},
+        "ensembles": _ENSEMBLES
+        | {"seeds": 2, "n_train": 20, "n_test": 20, "n_ntk": 4, "epochs": 4, "eval_every": 2}
+        | {"widths": [8], "data_scaling": 20, "n_records": 3},
     },
     "quick": {
         "wp": {"n": 200, "seeds": 2, "trace": [24, 96], "erank": [100, 200], "topk": [40, 80]},
@@ -70,6 +83,7 @@ SCALES = {
             "budget": None,
         },
         "kernel": {"width": 64, "ns": [100, 1000], "budget": 200, "exact_max_rows": 3000},
+        "ensembles": _ENSEMBLES | {"widths": [8, 512], "data_scaling": 1000, "n_records": 3},
     },
     "full": {
         "wp": {
@@ -96,6 +110,7 @@ SCALES = {
             "budget": None,
         },
         "kernel": {"width": 64, "ns": [100, 300, 1000, 3000, 10000], "budget": 200, "exact_max_rows": 10000},
+        "ensembles": _ENSEMBLES | {"widths": [8, 64, 512, 4096], "data_scaling": 1000, "n_records": 4},
     },
 }
 
@@ -175,6 +190,8 @@ def run_suite(
             result = width.section(cfg["width"])
         elif name == "kernel-size":
             result = kernel_size.section(cfg["kernel"])
+        elif name == "ensembles":
+            result = ensembles.section(cfg["ensembles"])
         else:
             result = anchors.section(
                 quick=scale != "full", nt_venv=nt_venv, rerun=rerun_anchors, widths=anchor_widths

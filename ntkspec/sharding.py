@@ -174,25 +174,27 @@ def param_spec(shape: tuple[int, ...], mesh: Mesh, name: str = "params") -> P:
     return P()
 
 
-def shard_params(tree, mesh: Mesh):
-    """Place every leaf of a parameter (or optimizer-state) pytree by `param_spec`, on `as_mesh(mesh)`."""
+def shard_params(tree, mesh: Mesh, *, leading: int = 0):
+    """Place every leaf of a parameter (or optimizer-state) pytree by `param_spec`, on `as_mesh(mesh)`.
+
+    `leading` axes in front of each leaf's own (an ensemble axis) are not split."""
     mesh = _required(mesh)
 
     def place(path, leaf):
         if not hasattr(leaf, "shape"):
             return leaf
-        spec = param_spec(tuple(leaf.shape), mesh, "params" + jax.tree_util.keystr(path))
-        return jax.device_put(leaf, NamedSharding(mesh, spec))
+        spec = param_spec(tuple(leaf.shape[leading:]), mesh, "params" + jax.tree_util.keystr(path))
+        return jax.device_put(leaf, NamedSharding(mesh, P(*[None] * leading, *spec)))
 
     return jax.tree_util.tree_map_with_path(place, tree)
 
 
-def shard_batch(x, mesh: Mesh):
-    """Samples on "data" when the batch divides evenly; replicated otherwise (inside `jit`, the
-    operator pads its sample chunks to a multiple of the data axis and constrains those). On
-    `as_mesh(mesh)`."""
+def shard_batch(x, mesh: Mesh, *, leading: int = 0):
+    """Samples (axis `leading`; the axes before it, e.g. an ensemble axis, are not split) on "data"
+    when they divide evenly; replicated otherwise (inside `jit`, the operator pads its sample chunks
+    to a multiple of the data axis and constrains those). On `as_mesh(mesh)`."""
     mesh = _required(mesh)
-    spec = P("data") if x.shape[0] % mesh.shape["data"] == 0 else P()
+    spec = P(*[None] * leading, "data") if x.shape[leading] % mesh.shape["data"] == 0 else P()
     return jax.device_put(x, NamedSharding(mesh, spec))
 
 

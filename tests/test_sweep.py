@@ -185,19 +185,19 @@ def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):
 
 def test_runtime_failure_is_recorded_and_retried(tiny_config, tmp_path, monkeypatch):
     config = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, store=str(tmp_path / "f.zarr"))
-    real_train = sweep.train
+    real_train = sweep.train_ensemble
 
-    def out_of_memory_at_width_4(model, *args, **kwargs):
-        if model.layers[0].out_features == 4:
+    def out_of_memory_at_width_4(models, *args, **kwargs):
+        if models[0].layers[0].out_features == 4:
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
-        return real_train(model, *args, **kwargs)
+        return real_train(models, *args, **kwargs)
 
-    monkeypatch.setattr(sweep, "train", out_of_memory_at_width_4)
+    monkeypatch.setattr(sweep, "train_ensemble", out_of_memory_at_width_4)
     summary = sweep.run_sweep(config)
     assert summary.failed == ("w4_s0",) and summary.done == ("w8_s0",) and not summary.complete
     attrs, _ = store.read_run(config.store_path, "w4_s0")
     assert attrs["status"] == "failed" and "RuntimeError: RESOURCE_EXHAUSTED" in attrs["message"]
-    monkeypatch.setattr(sweep, "train", real_train)
+    monkeypatch.setattr(sweep, "train_ensemble", real_train)
     retried = sweep.run_sweep(config)
     assert retried.done == ("w4_s0",) and retried.skipped == ("w8_s0",) and retried.complete
 

@@ -57,6 +57,9 @@ class SweepConfig:
     pilot_runs : most pilot trainings a calibration may spend per swept value.
     top_k, method : top eigenvalues kept per record, spectrum method.
     dtype : parameter and input dtype.
+    ensemble : train the seeds of a swept value together, as one program (`train.train_ensemble`),
+        or one by one (False); the numbers agree either way, so a store may be resumed with the
+        other setting.
     store : store path (default "runs/{name}.zarr").
     kernels : for kind "data_size", kernels to fit kernel regression with after each run's training
         (`records.KERNELS`; see `against_kernels`); empty: none.
@@ -97,6 +100,7 @@ class SweepConfig:
     top_k: int = 10
     method: str = "auto"
     dtype: str = "float32"
+    ensemble: bool = True
     store: str | None = None
     kernels: tuple[str, ...] = ()
     pretrained_samples: int | None = None

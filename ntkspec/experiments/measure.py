@@ -23,6 +23,7 @@ a record at width 4096 on 2 CPU cores (the record itself takes 4-16 s; benchmark
 
 from __future__ import annotations
 
+import functools
 import time
 
 import jax
@@ -128,11 +129,6 @@ class Measure:
     def _key(self, epoch: int) -> Key:
         """The probe key of the record at `epoch` (made where it is used: on the current mesh)."""
         return jax.random.fold_in(jax.random.wrap_key_data(self.key_data), epoch)
-
-    def trace(self, model: nnx.Module) -> float:
-        """tr K of `model` on the NTK batch, from its exact diagonal (per-layer norms where structured)."""
-        diagonal = ntk(model, self.x_ntk, mesh=self.mesh).diagonal()
-        return float(jnp.sum(diagonal.astype(jax.dtypes.canonicalize_dtype(jnp.float64))))
 
     def __call__(
         self, model: nnx.Module, epoch: int, metrics: dict[str, float], *, consecutive: bool = True
@@ -251,6 +247,19 @@ class Measure:
             return vectors[:, ::-1]
         budget = max(EIGENVECTOR_MATVECS, 4 * r)
         return np.asarray(_top_eigenpairs(op, key, k=r, budget=budget).vectors)
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames="mesh")
+def ntk_traces(graphdef, params, x_ntk, *, mesh: Mesh | None = None) -> jax.Array:
+    """tr K of each network of an ensemble (`nnx.split` parameters stacked on axis 0) on its own NTK
+    batch (`x_ntk` stacked likewise), from the exact diagonal (per-layer norms where structured),
+    summed in float64 where x64 is on; one program, `vmap`-ed over the ensemble."""
+
+    def one(params, x):
+        diagonal = ntk(nnx.merge(graphdef, params), x, mesh=mesh).diagonal()
+        return jnp.sum(diagonal.astype(jax.dtypes.canonicalize_dtype(jnp.float64)))
+
+    return jax.vmap(one)(params, x_ntk)
 
 
 def init_spectrum(config: SweepConfig, width: int, seed: int = 0, mesh: Mesh | None = None):

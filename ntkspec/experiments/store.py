@@ -96,13 +96,14 @@ def _lock(path: Path, name: str) -> filelock.FileLock:
 
 
 def open_store(
-    path: str | Path, config: dict, *, ignore: tuple[str, ...] = ("data_dir", "store")
+    path: str | Path, config: dict, *, ignore: tuple[str, ...] = ("data_dir", "store", "ensemble")
 ) -> zarr.Group:
     """Open the sweep store at `path`, creating its root group (race-safe) if it does not exist.
 
     The root's attributes hold `config`, package versions and the creation time. An existing store must
-    have been created from the same config (the keys in `ignore` aside): otherwise its runs would mix
-    two experiments, and a `ValueError` says which keys differ.
+    have been created from the same config (the keys in `ignore` aside: where the data and the store
+    are, and whether seeds train as one ensemble, none of which changes the numbers): otherwise its
+    runs would mix two experiments, and a `ValueError` says which keys differ.
     """
     path = Path(path).expanduser()
     if zipfile.is_zipfile(path):

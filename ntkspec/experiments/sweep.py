@@ -8,13 +8,18 @@ processes (a job array) can share one store. Each run is owned by one process at
 (`store.claim`): a process skips the runs another one holds and says so. Runs already finished and
 reading back whole are skipped, so rerunning after a crash resumes; runs left "running" by a killed
 process, "failed", or no longer reading back (a corrupt or missing chunk) start again from epoch 0.
+With `ensemble = true` (the default) the runs of one swept value that a process owns and has to do
+train as one ensemble (`train.train_ensemble`: one compiled program, the same numbers per seed),
+each into its own writer; with false, one by one.
 Progress is reported through a callback; the command line draws it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -29,7 +34,7 @@ from ntkspec.experiments import against_kernels, store
 from ntkspec.experiments.config import Run, SweepConfig, parse_task, run_model, run_split, runs
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.records import FINISHED
-from ntkspec.experiments.train import make_optimizer, record_epochs, train
+from ntkspec.experiments.train import make_optimizer, record_epochs, train, train_ensemble
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,29 +103,37 @@ def run_sweep(
     dataset = data.load(config.dataset, config.data_dir) if todo else None
     epochs = record_epochs(config.epochs, config.n_records, config.spacing)
     done, skipped, busy, diverged, failed = [], [], [], [], []
-    for run in mine:
-        if run not in todo:
-            skipped.append(run.name)
-            continue
-        with store.claim(path, run.name) as owned:
-            if not owned:
-                busy.append(run.name)
-                continue
-            if store.run_status(root, run.name) in FINISHED and not store.verify(path, run.name):
-                skipped.append(run.name)  # finished by another process meanwhile
-                continue
-            number = len(done) + len(failed) + 1
 
-            def record(rec, writer, run=run, number=number) -> None:
-                writer.append(rec)
-                if progress is not None:
-                    progress(Progress(number, len(todo), run, rec.epoch, config.epochs))
+    def record(rec, *, writer, run, number) -> None:
+        writer.append(rec)
+        if progress is not None:
+            progress(Progress(number, len(todo), run, rec.epoch, config.epochs))
 
-            calibration = calibrate(config, run, dataset, root) if config.lr == "calibrate" else None
-            status = _train_one(config, run, dataset, epochs, root, record, mesh, calibration)
-            (failed if status == "failed" else done).append(run.name)
-            if status == "diverged":
-                diverged.append(run.name)
+    if config.ensemble:  # the seeds of one swept value (that this task owns) together
+        groups = [list(group) for _, group in itertools.groupby(mine, key=lambda run: run.point)]
+    else:
+        groups = [[run] for run in mine]
+    for group in groups:
+        with contextlib.ExitStack() as claims:
+            claimed = []
+            for run in group:
+                if run not in todo:
+                    skipped.append(run.name)
+                elif not claims.enter_context(store.claim(path, run.name)):
+                    busy.append(run.name)
+                elif store.run_status(root, run.name) in FINISHED and not store.verify(path, run.name):
+                    skipped.append(run.name)  # finished by another process meanwhile
+                else:
+                    claimed.append(run)
+            if not claimed:
+                continue
+            first = len(done) + len(failed) + 1
+            calibration = calibrate(config, claimed[0], dataset, root) if config.lr == "calibrate" else None
+            statuses = _train_runs(config, claimed, first, dataset, epochs, root, record, mesh, calibration)
+            for run, status in zip(claimed, statuses, strict=True):
+                (failed if status == "failed" else done).append(run.name)
+                if status == "diverged":
+                    diverged.append(run.name)
     complete = all(store.run_status(root, run.name) in FINISHED for run in runs(config))
     return SweepSummary(
         store=path,
@@ -135,27 +148,61 @@ def run_sweep(
     )
 
 
-def _train_one(config, run, dataset, epochs, root, record, mesh, calibration) -> str:
-    """Train and measure one run into a fresh writer; its final status."""
+def _train_runs(config, group, first, dataset, epochs, root, record, mesh, calibration) -> list[str]:
+    """Train and measure the runs of `group` (seeds of one swept value) as one ensemble, each into a
+    fresh writer, the runs numbered from `first` for `record`; their final statuses."""
     lr = config.lr if calibration is None else calibration["lr"]
-    writer = store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k)
+    writers = [store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k) for run in group]
     if calibration is not None and calibration["status"] != "calibrated":
-        writer.finish("uncalibrated", calibration["message"])
-        return "uncalibrated"
+        for writer in writers:
+            writer.finish("uncalibrated", calibration["message"])
+        return ["uncalibrated"] * len(group)
     try:
-        split = run_split(config, run, dataset)
-        measure = Measure(split, run.keys()[2], top_k=config.top_k, method=config.method, mesh=mesh)
-        result = train(
-            run_model(config, run, split),
-            split,
+        splits = [run_split(config, run, dataset) for run in group]
+        measures = [
+            Measure(split, run.keys()[2], top_k=config.top_k, method=config.method, mesh=mesh)
+            for run, split in zip(group, splits, strict=True)
+        ]
+        results = train_ensemble(
+            [run_model(config, run, split) for run, split in zip(group, splits, strict=True)],
+            splits,
             make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
             epochs,
-            measure,
-            recorder=lambda rec: record(rec, writer),
+            measures,
+            recorders=[
+                functools.partial(record, writer=writer, run=run, number=first + i)
+                for i, (run, writer) in enumerate(zip(group, writers, strict=True))
+            ],
             eval_every=config.eval_every,
             patience=config.patience,
             mesh=mesh,
         )
+    except (RuntimeError, MemoryError, store.CorruptRunError) as error:
+        # A runtime failure (e.g. out of device memory at the widest width) is data: recorded with
+        # its message for every run of the ensemble, the sweep goes on, and the next `run_sweep`
+        # retries them.
+        advice = " (rerun the sweep to retry"
+        advice += "; ensemble = false trains one seed at a time)" if len(group) > 1 else ")"
+        for writer in writers:
+            writer.finish("failed", f"{type(error).__name__}: {error}{advice}")
+        return ["failed"] * len(group)
+    calibrated = functools.partial(calibrate, config, dataset=dataset, root=root)
+    regressions = [  # the network against its kernels (`against_kernels`), after its training
+        functools.partial(against_kernels.evaluate, config, run, split, dataset=dataset, calibrate=calibrated)
+        if config.kernels
+        else None
+        for run, split in zip(group, splits, strict=True)
+    ]
+    return [
+        _finish(writer, result, config, lr, regression)
+        for writer, result, regression in zip(writers, results, regressions, strict=True)
+    ]
+
+
+def _finish(writer, result, config, lr, regressions=None) -> str:
+    """Write one trained run's outcome (and `regressions(network at the minimum)` where given)
+    and its status; "failed" if it does not read back."""
+    try:
         message = result.message
         if result.status == "diverged":
             message += f" (optimizer {config.optimizer}, lr {lr:g})"
@@ -163,16 +210,11 @@ def _train_one(config, run, dataset, epochs, root, record, mesh, calibration) ->
             writer.outcome(
                 result.min_epoch, result.min_test_loss, result.stopped, result.minimum, result.trajectory
             )
-            if config.kernels:  # the network against its kernels (`against_kernels`)
-                calibrated = functools.partial(calibrate, config, dataset=dataset, root=root)
-                writer.kernels(
-                    against_kernels.evaluate(config, run, split, result.min_model, dataset, calibrated)
-                )
+            if regressions is not None:
+                writer.kernels(regressions(result.min_model))
         writer.finish(result.status, message)
         return result.status
     except (RuntimeError, MemoryError, store.CorruptRunError) as error:
-        # A runtime failure of one run (e.g. out of device memory at the widest width) is data:
-        # recorded with its message, the sweep goes on, and the next `run_sweep` retries it.
         writer.finish("failed", f"{type(error).__name__}: {error} (rerun the sweep to retry)")
         return "failed"
 

@@ -29,6 +29,7 @@ from ntkspec import sharding
 from ntkspec._errors import bad_value
 from ntkspec.data import Split
 from ntkspec.experiments.config import OPTIMIZERS, SPACINGS
+from ntkspec.experiments.measure import Measure, ntk_traces
 from ntkspec.experiments.records import Record
 
 
@@ -58,10 +59,14 @@ class TrainResult:
     stopped: int = 0
 
 
+@functools.cache
 def make_optimizer(
     name: str, lr: float, *, b1: float = 0.9, b2: float = 0.999, momentum: float = 0.9
 ) -> optax.GradientTransformation:
-    """Adam (Kingma & Ba 2015; `b1`, `b2`) or SGD with heavy-ball `momentum`, at learning rate `lr`."""
+    """Adam (Kingma & Ba 2015; `b1`, `b2`) or SGD with heavy-ball `momentum`, at learning rate `lr`.
+
+    Cached: equal settings give the same object, so the runs of a sweep that share them share one
+    compiled training loop per architecture (the optimizer is a static argument of the loop)."""
     if not lr > 0:
         raise bad_value("lr", lr, "a positive learning rate")
     if name == "adam":
@@ -97,55 +102,81 @@ def _loss_and_accuracy(graphdef, params, x, y):
     return loss, accuracy
 
 
-_evaluate = jax.jit(_loss_and_accuracy, static_argnums=0)
+# Every compiled program below maps one network's computation over the ensemble axis (axis 0 of
+# the parameters, optimizer states and data) with `jax.vmap`; a single run is an ensemble of one.
+_evaluate = jax.jit(jax.vmap(_loss_and_accuracy, in_axes=(None, 0, 0, 0)), static_argnums=0)
+
+
+@jax.jit
+def _all_finite(params):
+    """Per network: whether every parameter is finite."""
+    leaves = [jnp.all(jnp.isfinite(p), axis=tuple(range(1, p.ndim))) for p in jax.tree.leaves(params)]
+    return functools.reduce(jnp.logical_and, leaves)
+
+
+@jax.jit
+def _select(mask, new, old):
+    """Per network: `new` where `mask`, else `old`."""
+    return jax.tree.map(lambda a, b: jnp.where(mask.reshape(-1, *[1] * (a.ndim - 1)), a, b), new, old)
+
+
+def _step(graphdef, optimizer, params, opt_state, x, y):
+    """One full-batch step of one network: its loss before the step, its parameters and state after."""
+    loss, grads = jax.value_and_grad(lambda p: _loss_and_accuracy(graphdef, p, x, y)[0])(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return loss, optax.apply_updates(params, updates), opt_state
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _steps(graphdef, optimizer, params, opt_state, n_steps, x, y):
-    """`n_steps` full-batch steps; also whether every loss on the way was finite.
+    """`n_steps[e]` full-batch steps of network e; also whether every loss on the way was finite.
 
     `graphdef` and `optimizer` are static, so runs of one architecture share one compilation
-    when they share the optimizer object.
+    when they share the optimizer object. Under `vmap` the loop runs max(n_steps) times and leaves a
+    network's carry unchanged once its own count is done (a batched `while_loop` selects): a network
+    given 0 steps (stopped, diverged) is frozen.
     """
 
-    def step(_, carry):
-        params, opt_state, finite = carry
-        loss, grads = jax.value_and_grad(lambda p: _loss_and_accuracy(graphdef, p, x, y)[0])(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, finite & jnp.isfinite(loss)
+    def one(params, opt_state, n_steps, x, y):
+        def step(_, carry):
+            params, opt_state, finite = carry
+            loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x, y)
+            return params, opt_state, finite & jnp.isfinite(loss)
 
-    return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, jnp.array(True)))
+        return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, jnp.array(True)))
+
+    return jax.vmap(one)(params, opt_state, n_steps, x, y)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _replay(graphdef, optimizer, params, opt_state, n_steps, x, y, x_test, y_test):
-    """`n_steps` steps one by one with the test loss after each: the parameters, the epoch offset
-    (0 .. n_steps) and the loss of the lowest one, the starting point included."""
+    """Per network, `n_steps[e]` steps one by one with the test loss after each: the parameters, the
+    epoch offset (0 .. n_steps[e]) and the loss of the lowest one, the starting point included."""
 
-    def test_loss(p):
-        return _loss_and_accuracy(graphdef, p, x_test, y_test)[0]
+    def one(params, opt_state, n_steps, x, y, x_test, y_test):
+        def test_loss(p):
+            return _loss_and_accuracy(graphdef, p, x_test, y_test)[0]
 
-    def step(i, carry):
-        params, opt_state, best = carry
-        grads = jax.grad(lambda p: _loss_and_accuracy(graphdef, p, x, y)[0])(params)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        params = optax.apply_updates(params, updates)
-        loss = test_loss(params)
-        better = loss < best[2]
-        best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (params, i + 1, loss), best)
-        return params, opt_state, best
+        def step(i, carry):
+            params, opt_state, best = carry
+            _, params, opt_state = _step(graphdef, optimizer, params, opt_state, x, y)
+            loss = test_loss(params)
+            better = loss < best[2]
+            best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (params, i + 1, loss), best)
+            return params, opt_state, best
 
-    start = (params, jnp.array(0), test_loss(params))
-    return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, start))[2]
+        start = (params, jnp.array(0), test_loss(params))
+        return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, start))[2]
+
+    return jax.vmap(one)(params, opt_state, n_steps, x, y, x_test, y_test)
 
 
-@sharding.computes_on(lambda *args, mesh=None, **kwargs: sharding.as_mesh(mesh))
 def train(
     model: nnx.Module,
     split: Split,
     optimizer: optax.GradientTransformation,
     epochs: Sequence[int],
-    measure=None,
+    measure: Measure | None = None,
     *,
     recorder: Callable[[Record], None] | None = None,
     eval_every: int = 10,
@@ -154,29 +185,82 @@ def train(
 ) -> TrainResult:
     """Train `model` full-batch on `split` with softmax cross-entropy, measuring at `epochs`.
 
+    The ensemble of one (`train_ensemble`, which says how): `measure` and `recorder` are that of
+    its one network.
+    """
+    return train_ensemble(
+        [model],
+        [split],
+        optimizer,
+        epochs,
+        None if measure is None else [measure],
+        recorders=[recorder],
+        eval_every=eval_every,
+        patience=patience,
+        mesh=mesh,
+    )[0]
+
+
+@sharding.computes_on(lambda *args, mesh=None, **kwargs: sharding.as_mesh(mesh))
+def train_ensemble(
+    models: Sequence[nnx.Module],
+    splits: Sequence[Split],
+    optimizer: optax.GradientTransformation,
+    epochs: Sequence[int],
+    measures: Sequence[Measure] | None = None,
+    *,
+    recorders: Sequence[Callable[[Record], None] | None] | None = None,
+    eval_every: int = 10,
+    patience: int | None = None,
+    mesh: Mesh | None = None,
+) -> list[TrainResult]:
+    """Train each of `models` full-batch on its split with softmax cross-entropy, in one program.
+
+    Network e trains on `splits[e]`, measured by `measures[e]` into `recorders[e]`, with results
+    equal to its own separate run (up to the reduction order of float arithmetic): the parameters,
+    optimizer states and data of all networks are stacked on a leading ensemble axis and every
+    compiled program (the steps between evaluations, the losses, the trace, the replay) maps one
+    network's computation over it with `jax.vmap`. A network that stops (patience) or diverges is
+    frozen from then on: it gets 0 steps (its parameters stay as they were), no more evaluations,
+    records or trace, while the others go on; the loop ends when every network has stopped.
+
     The test loss is evaluated every `eval_every` epochs (and at every record). The minimum test loss
     is then pinned to the epoch by a replay: from the parameters kept at the evaluation before the
     lowest one, one step at a time over the two evaluation intervals around it (full-batch training
     is deterministic, so the replay retraces the run). The network at that epoch is measured once
-    more (`TrainResult.minimum`).
+    more (`TrainResult.minimum`). A loss that becomes NaN or Inf ends that network's run with status
+    "diverged" and advice, never an exception.
+
+    The trace tr K (every evaluation, `measure.ntk_traces`) is one vmapped program for the ensemble.
+    The records (`Measure.__call__`) stay a loop over the networks: each needs its own K₀ and
+    eigenvectors and a host `eigh`, and in `benchmarks/ensembles.py` (5 seeds, 32-sample NTK batch)
+    they run at the same rate in both modes and take 4-20 % of a warm sweep, so vmapping them
+    would gain little.
 
     Parameters
     ----------
-    model : a Flax nnx module mapping inputs to (N, C) logits; not modified (a trained copy is returned).
-    split : training, NTK and test samples.
+    models : Flax nnx modules mapping inputs to (N, C) logits, of one architecture (the same graph,
+        parameter shapes and dtypes); not modified (trained copies are returned).
+    splits : one `Split` per model (training, NTK and test samples), all of the same array shapes.
     optimizer : an Optax transformation, e.g. from `make_optimizer`; reuse one object across runs
         of one architecture to reuse the compiled training loop.
     epochs : increasing recording epochs (see `record_epochs`); the last one is the training length.
         One epoch is one full-batch step.
-    measure : called at each recording epoch with the network, the epoch and its losses and
-        accuracies; returns the `Record` (`ntkspec.experiments.measure.Measure`). None: no records,
-        no trace (e.g. a learning-rate pilot).
-    recorder : called with each `Record` as soon as it is measured (e.g. a store writer).
+    measures : one `ntkspec.experiments.measure.Measure` per model, called at each recording epoch
+        with the network, the epoch and its losses and accuracies, returning the `Record`. None: no
+        records, no trace (e.g. a learning-rate pilot).
+    recorders : per model, None or a function called with each `Record` as soon as it is measured
+        (e.g. a store writer's `append`).
     eval_every : epochs between two evaluations of the test loss (and of the trace).
-    patience : stop this many epochs past the lowest test loss so far (None: train to the end).
+    patience : stop a network this many epochs past its lowest test loss so far (None: train to the
+        end).
     mesh : a mesh with "data" and "model" axes (as for `ntkspec.ntk`; default: the mesh set with
         `jax.set_mesh`, if any): parameters and optimizer states split on "model", samples on
-        "data"; the numbers equal the single-device ones.
+        "data", the ensemble axis not split; the numbers equal the single-device ones.
+
+    Returns
+    -------
+    One `TrainResult` per model, in order.
     """
     epochs = np.asarray(epochs, dtype=np.int64)
     if epochs.ndim != 1 or epochs.size == 0 or epochs[0] < 0 or np.any(np.diff(epochs) <= 0):
@@ -185,90 +269,158 @@ def train(
         raise bad_value("eval_every", repr(eval_every), "an integer >= 1 (epochs between test evaluations)")
     if patience is not None and (not isinstance(patience, int | np.integer) or patience < 0):
         raise bad_value("patience", repr(patience), "an integer >= 0 or None (train to the last epoch)")
-    graphdef, params = nnx.split(model)
-    opt_state = optimizer.init(params)
-    x_train, y_train = jnp.asarray(split.x_train), jnp.asarray(split.y_train)
-    x_test, y_test = jnp.asarray(split.x_test), jnp.asarray(split.y_test)
+    count = len(models)
+    if count == 0:
+        raise bad_value("models", "an empty list", "one network or more")
+    for name, given in (("splits", splits), ("measures", measures), ("recorders", recorders)):
+        if given is not None and len(given) != count:
+            raise bad_value(name, f"{len(given)} entries for {count} models", "one per model")
+    recorders = [None] * count if recorders is None else list(recorders)
+    graphdef, params = _stack("models", [nnx.split(model) for model in models])
+    _, data = _stack("splits", [(None, (s.x_train, s.y_train, s.x_test, s.y_test)) for s in splits])
+    opt_state = jax.vmap(optimizer.init)(params)
+    x_ntk = None if measures is None else _stack("measures", [(None, m.x_ntk) for m in measures])[1]
     mesh = sharding.as_mesh(mesh)
     if mesh is not None:
-        params, opt_state = sharding.shard_params((params, opt_state), mesh)
-        x_train, y_train, x_test, y_test = (
-            sharding.shard_batch(a, mesh) for a in (x_train, y_train, x_test, y_test)
-        )
+        params, opt_state = sharding.shard_params((params, opt_state), mesh, leading=1)
+        data = tuple(sharding.shard_batch(a, mesh, leading=1) for a in data)
+    x_train, y_train, x_test, y_test = data
     last = int(epochs[-1])
     recording = set(epochs.tolist())
     points = sorted(recording | set(range(0, last + 1, eval_every)) | {last})
-    trajectory: dict[str, list] = {"epoch": [], "train_loss": [], "test_loss": []}
-    if measure is not None:
-        trajectory["trace"] = []
-    best = (np.inf, -1, (params, opt_state), 0)  # loss, epoch, state kept before it, its epoch
-    kept, done, previous = ((params, opt_state), 0), 0, 0
+    columns = ("epoch", "train_loss", "test_loss") + (("trace",) if measures is not None else ())
+    trajectories = [{name: [] for name in columns} for _ in range(count)]
+    results: list[TrainResult | None] = [None] * count
+    active = np.ones(count, dtype=bool)
+    n_records, stopped = np.zeros(count, dtype=np.int64), np.full(count, last)
+    # Per network: the lowest test loss so far, its epoch, and the state kept at the evaluation
+    # before it (on the device, stacked: `best_state`) with that evaluation's epoch.
+    best_loss, best_epoch, best_start = np.full(count, np.inf), np.full(count, -1), np.zeros(count, np.int64)
+    best_state = kept = (params, opt_state)
+    kept_epoch, previous = 0, 0
     for epoch in points:
-        params, opt_state, finite = _steps(
-            graphdef, optimizer, params, opt_state, epoch - previous, x_train, y_train
-        )
-        metrics = _metrics(graphdef, params, (x_train, y_train), (x_test, y_test))
-        train_loss, test_loss = metrics["train_loss"], metrics["test_loss"]
-        params_finite = all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
-        if not (bool(finite) and params_finite and np.isfinite(train_loss)):
-            message = (
-                f"diverged: the training loss became NaN or Inf between epochs {previous} and "
-                f"{epoch}; try a lower learning rate (e.g. 10x lower)"
-            )
-            return TrainResult(
-                "diverged",
-                message,
-                done,
-                nnx.merge(graphdef, params),
-                trajectory=_arrays(trajectory),
-                stopped=epoch,
-            )
-        previous = epoch
-        network = nnx.merge(graphdef, params)
-        for name, value in (("epoch", epoch), ("train_loss", train_loss), ("test_loss", test_loss)):
-            trajectory[name].append(value)
-        if measure is not None:
-            trajectory["trace"].append(measure.trace(network))
-        if test_loss < best[0]:
-            best = (test_loss, epoch, *kept)
-        kept = ((params, opt_state), epoch)
-        if measure is not None and epoch in recording:
-            record = measure(network, epoch, metrics)
-            if recorder is not None:
-                recorder(record)
-            done += 1
-        if patience is not None and epoch >= best[1] + patience:
+        if not active.any():
             break
-    final = nnx.merge(graphdef, params)
+        n_steps = jnp.asarray(np.where(active, epoch - previous, 0))
+        params, opt_state, finite = _steps(graphdef, optimizer, params, opt_state, n_steps, x_train, y_train)
+        metrics = _metrics(graphdef, params, (x_train, y_train), (x_test, y_test))
+        finite = np.asarray(finite) & np.asarray(_all_finite(params)) & np.isfinite(metrics["train_loss"])
+        traces = None if measures is None else np.asarray(ntk_traces(graphdef, params, x_ntk, mesh=mesh))
+        improved = np.zeros(count, dtype=bool)
+        for e in np.flatnonzero(active):
+            if not finite[e]:
+                message = (
+                    f"diverged: the training loss became NaN or Inf between epochs {previous} and "
+                    f"{epoch}; try a lower learning rate (e.g. 10x lower)"
+                )
+                network = nnx.merge(graphdef, _take(params, e))
+                trajectory = _arrays(trajectories[e])
+                results[e] = TrainResult(
+                    "diverged", message, int(n_records[e]), network, trajectory=trajectory, stopped=epoch
+                )
+                active[e] = False
+                continue
+            values = {
+                "epoch": epoch,
+                "train_loss": metrics["train_loss"][e],
+                "test_loss": metrics["test_loss"][e],
+            }
+            if traces is not None:
+                values["trace"] = traces[e]
+            for name, value in values.items():
+                trajectories[e][name].append(value)
+            if values["test_loss"] < best_loss[e]:
+                best_loss[e], best_epoch[e], best_start[e], improved[e] = (
+                    values["test_loss"],
+                    epoch,
+                    kept_epoch,
+                    True,
+                )
+            if measures is not None and epoch in recording:
+                own = {name: float(value[e]) for name, value in metrics.items()}
+                record = measures[e](nnx.merge(graphdef, _take(params, e)), epoch, own)
+                if recorders[e] is not None:
+                    recorders[e](record)
+                n_records[e] += 1
+            if patience is not None and epoch >= best_epoch[e] + patience:
+                stopped[e], active[e] = epoch, False
+        if improved.any():
+            best_state = _select(jnp.asarray(improved), kept, best_state)
+        kept, kept_epoch, previous = (params, opt_state), epoch, epoch
+    stopped = np.where(active, previous, stopped)  # the networks still training reached the end
+    finished = [e for e in range(count) if results[e] is None]
     # The minimum lies after the evaluation before the lowest one and before the one after it.
-    _, best_epoch, (start_params, start_state), start = best
-    span = min(best_epoch + eval_every, previous) - start
-    min_params, offset, min_loss = _replay(
-        graphdef, optimizer, start_params, start_state, span, x_train, y_train, x_test, y_test
+    spans = np.zeros(count, dtype=np.int64)
+    for e in finished:
+        spans[e] = min(best_epoch[e] + eval_every, stopped[e]) - best_start[e]
+    min_params, offsets, min_losses = _replay(
+        graphdef, optimizer, *best_state, jnp.asarray(spans), x_train, y_train, x_test, y_test
     )
-    min_epoch, min_model = start + int(offset), nnx.merge(graphdef, min_params)
-    minimum = None
-    if measure is not None:
-        metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
-        minimum = measure(min_model, min_epoch, metrics, consecutive=False)
-    return TrainResult(
-        "complete",
-        "",
-        done,
-        final,
-        min_epoch=min_epoch,
-        min_test_loss=float(min_loss),
-        min_model=min_model,
-        minimum=minimum,
-        trajectory=_arrays(trajectory),
-        stopped=previous,
+    min_metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
+    offsets, min_losses = np.asarray(offsets), np.asarray(min_losses)
+    for e in finished:
+        min_epoch, min_model = int(best_start[e] + offsets[e]), nnx.merge(graphdef, _take(min_params, e))
+        minimum = None
+        if measures is not None:
+            own = {name: float(value[e]) for name, value in min_metrics.items()}
+            minimum = measures[e](min_model, min_epoch, own, consecutive=False)
+        results[e] = TrainResult(
+            "complete",
+            "",
+            int(n_records[e]),
+            nnx.merge(graphdef, _take(params, e)),
+            min_epoch=min_epoch,
+            min_test_loss=float(min_losses[e]),
+            min_model=min_model,
+            minimum=minimum,
+            trajectory=_arrays(trajectories[e]),
+            stopped=int(stopped[e]),
+        )
+    return results
+
+
+def _stack(name: str, trees: list):
+    """(graph definition, leaves stacked on a new axis 0) of `trees`, [(graphdef, pytree), ...] that
+    must agree in graph definition and in every leaf's shape and dtype (else `name` is named)."""
+
+    def signature(tree) -> list[tuple[str, tuple, str]]:
+        leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+        return [(jax.tree_util.keystr(path), tuple(a.shape), str(a.dtype)) for path, a in leaves]
+
+    graphdef, first = trees[0]
+    reference = signature(first)
+    for e, (other_def, tree) in enumerate(trees[1:], start=1):
+        own = signature(tree)
+        if own != reference or other_def != graphdef:
+            diff = next(((a, b) for a, b in zip(own, reference, strict=False) if a != b), None)
+            if diff is None:
+                got = f"entry {e} of another structure ({len(own)} arrays, or another graph)"
+                expected = f"the structure of entry 0 ({len(reference)} arrays)"
+            else:
+                (path, shape, dtype), (_, shape0, dtype0) = diff
+                got = f"entry {e} with {path} of shape {shape} {dtype}"
+                expected = f"shape {shape0} {dtype0}, as in entry 0"
+            raise bad_value(
+                name,
+                got,
+                expected,
+                "One ensemble trains networks of one architecture on data of one size; train the "
+                "others in an ensemble of their own (in a sweep: another swept value), or alone.",
+            )
+    return graphdef, jax.tree.map(
+        lambda *leaves: jnp.stack([jnp.asarray(a) for a in leaves]), *(t for _, t in trees)
     )
 
 
-def _metrics(graphdef, params, train_set, test_set) -> dict[str, float]:
-    """Loss and accuracy on the training and the test set (`records.METRIC_FIELDS`)."""
-    train_loss, train_accuracy = map(float, _evaluate(graphdef, params, *train_set))
-    test_loss, test_accuracy = map(float, _evaluate(graphdef, params, *test_set))
+def _take(tree, e: int):
+    """Network e's slice of a stacked pytree."""
+    return jax.tree.map(lambda a: a[e], tree)
+
+
+def _metrics(graphdef, params, train_set, test_set) -> dict[str, np.ndarray]:
+    """Per network, loss and accuracy on its training and test set (`records.METRIC_FIELDS`)."""
+    train_loss, train_accuracy = (np.asarray(a, np.float64) for a in _evaluate(graphdef, params, *train_set))
+    test_loss, test_accuracy = (np.asarray(a, np.float64) for a in _evaluate(graphdef, params, *test_set))
     return {
         "train_loss": train_loss,
         "test_loss": test_loss,

@@ -1,0 +1,173 @@
+"""Ensembles in one program: `train_ensemble` equals separate `train` runs seed by seed (own minimum,
+own patience stop, own divergence), refuses seeds of different shapes, and a sweep with
+`ensemble = true` writes the store that `ensemble = false` writes."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+import ntkspec
+from ntkspec import data, models
+from ntkspec.experiments import sweep
+from ntkspec.experiments.config import load_config
+from ntkspec.experiments.measure import Measure
+from ntkspec.experiments.train import make_optimizer, train, train_ensemble
+
+EPOCHS = [0, 5, 40, 150]
+SETTINGS = {"eval_every": 5, "patience": 20}
+OPTIMIZER = make_optimizer("adam", 3e-2)  # one object: one compiled loop for every run here
+RTOL = 1e-5
+RECORD_FIELDS = ("epoch", "train_loss", "test_loss", "trace", "entropy", "init_alignment", "label_alignment")
+
+
+@pytest.fixture(scope="module")
+def splits():
+    dataset = data.load("digits")
+    return [data.split(dataset, 60, 6, jax.random.key(seed), n_test=100) for seed in range(3)]
+
+
+def _model(seed, width=8):
+    return models.build("mlp", (64,), 10, jax.random.key(10 + seed), width=width, depth=3)
+
+
+def _measure(split, seed):
+    return Measure(split, jax.random.key(seed), top_k=3)
+
+
+@pytest.fixture(scope="module")
+def separate(splits):
+    """Each seed trained alone: (result, records)."""
+    out = []
+    for seed, split in enumerate(splits):
+        records = []
+        result = train(
+            _model(seed), split, OPTIMIZER, EPOCHS, _measure(split, seed), recorder=records.append, **SETTINGS
+        )
+        out.append((result, records))
+    return out
+
+
+def _ensemble(splits, seeds):
+    records = [[] for _ in seeds]
+    results = train_ensemble(
+        [_model(seed) for seed in seeds],
+        splits,
+        OPTIMIZER,
+        EPOCHS,
+        [_measure(split, seed) for split, seed in zip(splits, seeds, strict=True)],
+        recorders=[r.append for r in records],
+        **SETTINGS,
+    )
+    return list(zip(results, records, strict=True))
+
+
+def _same_run(got, want):
+    (result, records), (single, single_records) = got, want
+    assert result.status == single.status and result.message == single.message
+    assert result.min_epoch == single.min_epoch and result.stopped == single.stopped
+    assert result.n_records == single.n_records == len(records) == len(single_records)
+    assert result.min_test_loss == pytest.approx(single.min_test_loss, rel=RTOL, nan_ok=True)
+    assert result.trajectory.keys() == single.trajectory.keys()
+    for name, values in single.trajectory.items():
+        np.testing.assert_allclose(result.trajectory[name], values, rtol=RTOL)
+    pairs = list(zip(records, single_records, strict=True))
+    if single.minimum is not None:
+        pairs.append((result.minimum, single.minimum))
+    for a, b in pairs:
+        for field in RECORD_FIELDS:
+            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=RTOL, abs=1e-7), field
+        np.testing.assert_allclose(a.top_eigenvalues, b.top_eigenvalues, rtol=RTOL)
+    for a, b in zip(*(jax.tree.leaves(nnx.state(r.model, nnx.Param)) for r in (result, single)), strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=RTOL, atol=1e-6)
+
+
+def test_ensemble_equals_separate_runs_seed_by_seed(splits, separate):
+    got = _ensemble(splits, range(3))
+    stops = {result.stopped for result, _ in got}
+    assert len(stops) > 1 and max(stops) < EPOCHS[-1]  # patience stopped the seeds at different epochs
+    for one, want in zip(got, separate, strict=True):
+        assert one[0].status == "complete"
+        _same_run(one, want)
+
+
+def test_one_diverged_seed_does_not_stop_the_others(splits, separate):
+    x_train = splits[1].x_train.copy()
+    x_train[3, 5] = np.nan
+    poisoned = dataclasses.replace(splits[1], x_train=x_train)
+    got = _ensemble([splits[0], poisoned, splits[2]], range(3))
+    alone = []
+    single = train(
+        _model(1), poisoned, OPTIMIZER, EPOCHS, _measure(poisoned, 1), recorder=alone.append, **SETTINGS
+    )
+    assert single.status == "diverged" and "lower learning rate" in single.message
+    _same_run(got[1], (single, alone))
+    for seed in (0, 2):
+        _same_run(got[seed], separate[seed])
+
+
+def test_seeds_of_different_shapes_are_refused(splits):
+    with pytest.raises(ValueError, match=r"`models`: got entry 1 with \['layers'\]\[0\]\['bias'\]") as info:
+        train_ensemble([_model(0), _model(1, width=16)], splits[:2], OPTIMIZER, [0, 5])
+    assert "of shape (16,) float32, expected shape (8,) float32, as in entry 0" in str(info.value)
+    smaller = data.split(data.load("digits"), 50, 6, jax.random.key(1), n_test=100)
+    with pytest.raises(ValueError, match=r"`splits`: got entry 1 with \[0\] of shape \(50, 64\)"):
+        train_ensemble([_model(0), _model(1)], [splits[0], smaller], OPTIMIZER, [0, 5])
+    with pytest.raises(ValueError, match="`splits`: got 1 entries for 2 models"):
+        train_ensemble([_model(0), _model(1)], splits[:1], OPTIMIZER, [0, 5])
+
+
+TINY = """
+name = "ens"
+kind = "width"
+dataset = "digits"
+depth = 3
+widths = [8]
+seeds = 3
+n_train = 20
+n_ntk = 4
+n_test = 20
+lr = 0.05
+epochs = 20
+eval_every = 2
+patience = 4
+n_records = 3
+spacing = "linear"
+top_k = 3
+"""
+
+
+def test_sweep_as_ensembles_writes_the_store_of_the_per_seed_loop(tmp_path, monkeypatch):
+    path = tmp_path / "ens.toml"
+    path.write_text(TINY)
+    sizes, real = [], sweep.train_ensemble
+
+    def counted(models, *args, **kwargs):
+        sizes.append(len(models))
+        return real(models, *args, **kwargs)
+
+    monkeypatch.setattr(sweep, "train_ensemble", counted)
+    loop = load_config(path, ensemble=False, store=str(tmp_path / "loop.zarr"))
+    assert sweep.run_sweep(loop).complete and sizes == [1] * 3
+    sizes.clear()
+    ensembles = load_config(path, store=str(tmp_path / "ensembles.zarr"))
+    assert ensembles.ensemble  # the default
+    first = sweep.run_sweep(ensembles, task="0/2")  # the seeds of the point that this task owns
+    assert first.done == ("w8_s0", "w8_s2") and sizes == [2]
+    assert sweep.run_sweep(ensembles, task="1/2").complete and sizes == [2, 1]
+    want, got = ntkspec.open_sweep(loop.store_path), ntkspec.open_sweep(ensembles.store_path)
+    assert set(got.data_vars) == set(want.data_vars) and (got["status"] == "complete").all()
+    assert len(set(np.asarray(got["stopped_epoch"]).ravel())) > 1  # seeds stopped at different epochs
+    for name, values in want.data_vars.items():
+        if "seconds" in name:  # timings
+            continue
+        if values.dtype.kind == "f":
+            np.testing.assert_allclose(got[name], values, rtol=RTOL, atol=1e-7, err_msg=name)
+        else:
+            np.testing.assert_array_equal(got[name], values, err_msg=name)
+    # A store may be resumed with the other setting: it does not change the numbers.
+    assert sweep.run_sweep(dataclasses.replace(loop, ensemble=True)).skipped == tuple(
+        want["name"].values.ravel()
+    )
