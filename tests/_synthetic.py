@@ -66,7 +66,7 @@ MOTION = (
     "kernel_velocity",
     "infinite_distance",
     "infinite_alignment",
-    "kernel_test_error",
+    "regression_error",
 )
 
 
@@ -82,7 +82,7 @@ def motion_curves(width: float, rng: np.random.Generator, n_records: int, noise:
         "kernel_velocity": velocity,
         "infinite_distance": distance,
         "infinite_alignment": 1.0 - 0.5 * distance**2,
-        "kernel_test_error": 0.5 - 0.2 * progress,
+        "regression_error": 0.5 - 0.2 * progress,
     }
 
 

@@ -79,10 +79,10 @@ def test_kernel_regression_against_a_numpy_solve(split, references, key):
     y = np.eye(C)[split.y_train].reshape(-1)
     ridge = RIDGE * np.trace(train) / train.shape[0]
     f = (cross @ np.linalg.solve(train + ridge * np.eye(train.shape[0]), y)).reshape(-1, C)
-    assert record.kernel_test_error == pytest.approx(np.mean(np.argmax(f, 1) != split.y_ntk), abs=1e-12)
+    assert record.regression_error == pytest.approx(np.mean(np.argmax(f, 1) != split.y_ntk), abs=1e-12)
     mse = np.mean(np.sum((f - np.eye(C)[split.y_ntk]) ** 2, axis=1))
-    assert record.kernel_test_mse == pytest.approx(mse, rel=1e-6)
-    assert 0.0 <= record.kernel_test_error <= 1.0
+    assert record.regression_mse == pytest.approx(mse, rel=1e-6)
+    assert 0.0 <= record.regression_error <= 1.0
 
 
 def test_stochastic_comparison_within_its_error_bar(split, references):
@@ -145,7 +145,7 @@ def test_summaries_fits_and_figures_of_a_store_with_the_fields(tmp_path):
     assert summary.infinite_distance0 == run.records["infinite_distance"][0]
     assert summary.infinite_misalignment0 == pytest.approx(1 - run.records["infinite_alignment"][0])
     assert summary.infinite_distance_at_min == run.records["infinite_distance"][summary.min_index]
-    assert summary.kernel_test_error_at_min == run.records["kernel_test_error"][summary.min_index]
+    assert summary.regression_error_at_min == run.records["regression_error"][summary.min_index]
     fits = analysis.fits
     assert fits["infinite_distance0"].exponent == pytest.approx(-0.5, abs=0.05)  # as written
     assert fits["infinite_misalignment_at_min"].exponent == pytest.approx(-1.0, abs=0.1)
@@ -161,7 +161,7 @@ def test_summaries_fits_and_figures_of_a_store_with_the_fields(tmp_path):
 def test_an_older_store_without_the_fields_opens_and_analyses(tmp_path):
     path = _store(tmp_path)
     added = ("kernel_velocity", "kernel_velocity_stderr", "infinite_distance", "infinite_distance_stderr")
-    added += ("infinite_alignment", "infinite_alignment_stderr", "kernel_test_error", "kernel_test_mse")
+    added += ("infinite_alignment", "infinite_alignment_stderr", "regression_error", "regression_mse")
     for name in store.list_runs(path):  # as a run written before these fields and the `arrays` list
         for field in added:
             shutil.rmtree(path / name / field)

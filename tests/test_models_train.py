@@ -45,6 +45,7 @@ def test_record_epochs():
     log = train.record_epochs(1000, 5, "log")
     np.testing.assert_array_equal(log, [0, 1, 10, 100, 1000])
     assert train.record_epochs(3, 10, "log").tolist() == [0, 1, 2, 3]
+    assert train.record_epochs(40, 2, "log").tolist() == [0, 40]  # two records: the first and last
     with pytest.raises(ValueError, match="`spacing`"):
         train.record_epochs(10, 3, "cubic")
 
@@ -134,4 +135,4 @@ def test_train_records_how_far_the_kernel_moved(tiny_split, key, method):
     assert np.isnan(first.kernel_velocity)
     assert last.kernel_velocity == pytest.approx(1 - last.init_alignment, abs=1e-5)
     assert 0 < last.infinite_distance and 0 < last.infinite_alignment < 1
-    assert 0 <= last.kernel_test_error <= 1
+    assert 0 <= last.regression_error <= 1

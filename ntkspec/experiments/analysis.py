@@ -351,7 +351,7 @@ def _dynamics(
             "rate": [],
             "kernel_velocity": [],
             "kernel_motion": [],
-            "kernel_test_error": [],
+            "regression_error": [],
         }
         for run in members:
             rec = run.records
@@ -367,7 +367,7 @@ def _dynamics(
             missing = np.full(rec["epoch"].shape, np.nan)
             columns["kernel_velocity"].append(rec.get("kernel_velocity", missing)[at])
             columns["kernel_motion"].append(1.0 - rec.get("init_alignment", missing)[at])
-            columns["kernel_test_error"].append(rec.get("kernel_test_error", missing)[at])
+            columns["regression_error"].append(rec.get("regression_error", missing)[at])
         mean = {key: nanmean(np.stack(column), axis=0) for key, column in columns.items()}
         mean["epoch"] = np.asarray(epochs, dtype=np.float64)
         mean["min_epoch"] = np.array(np.mean([summaries[run.name].min_epoch for run in members]))

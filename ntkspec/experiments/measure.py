@@ -186,8 +186,8 @@ class Measure:
             infinite_distance_stderr=infinite[1][1],
             infinite_alignment=infinite[0][0],
             infinite_alignment_stderr=infinite[0][1],
-            kernel_test_error=test_error,
-            kernel_test_mse=test_mse,
+            regression_error=test_error,
+            regression_mse=test_mse,
             method=raw.method,
             spectrum_seconds=time.perf_counter() - start,
         )

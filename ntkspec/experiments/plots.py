@@ -319,7 +319,7 @@ def kernel_motion_figure(analysis: Analysis) -> Figure:
     panels = (
         ("kernel_velocity", r"kernel velocity $1 - A(K_{t'}, K_t)$", "log"),
         ("kernel_motion", r"$1 - A(K_0, K_t)$", "log"),
-        ("kernel_test_error", r"kernel-regression test error ($K_t$)", "linear"),
+        ("regression_error", r"kernel-regression test error ($K_t$)", "linear"),
     )
     for i, curves in enumerate(groups.values()):
         i_min = int(np.argmin(np.abs(curves["epoch"] - curves["min_epoch"])))

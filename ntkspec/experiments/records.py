@@ -32,7 +32,7 @@ class Record:
     record at the minimum test loss, measured after training, K_prev is the run's last record, as for
     the rotation). `infinite_distance` is ‖K − K∞‖_F / ‖K∞‖_F and `infinite_alignment` A(K, K∞), with
     K∞ ⊗ I_C the width-aware infinite-width NTK of the run's MLP on the NTK batch
-    (`ntkspec.infinite.mlp_ntk`; NaN for other models). `kernel_test_error` and `kernel_test_mse`
+    (`ntkspec.infinite.mlp_ntk`; NaN for other models). `regression_error` and `regression_mse`
     are the classification error and the mean squared error Σ_c (f_c − y_c)² per sample, on the NTK
     batch, of kernel regression with K on the training set: f = K(x, X)(K(X, X) + λI)⁻¹ y with the
     one-hot (uncentred) training labels y and λ = 10⁻⁴ tr K(X, X) / (N C) (NaN where K(X, X) is too
@@ -68,8 +68,8 @@ class Record:
     infinite_distance_stderr: float
     infinite_alignment: float
     infinite_alignment_stderr: float
-    kernel_test_error: float
-    kernel_test_mse: float
+    regression_error: float
+    regression_mse: float
     method: str
     spectrum_seconds: float
 

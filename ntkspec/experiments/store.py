@@ -350,8 +350,8 @@ _ADDED_ARRAYS = frozenset(
         "infinite_distance_stderr",
         "infinite_alignment",
         "infinite_alignment_stderr",
-        "kernel_test_error",
-        "kernel_test_mse",
+        "regression_error",
+        "regression_mse",
     }
 )
 

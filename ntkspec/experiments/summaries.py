@@ -41,7 +41,7 @@ QUANTITIES: dict[str, str] = {
     "infinite_distance_at_min": "|K*-Kinf|/|Kinf|",
     "infinite_misalignment0": "1-A(K0, Kinf)",
     "infinite_misalignment_at_min": "1-A(K*, Kinf)",
-    "kernel_test_error_at_min": "kernel regr. error",
+    "regression_error_at_min": "kernel regr. error",
 }
 
 #: Quantities fitted with a power law against width (or data size). The cosine NTK's effective
@@ -66,7 +66,7 @@ _OPTIONAL = (
     "label_alignment",
     "infinite_distance",
     "infinite_alignment",
-    "kernel_test_error",
+    "regression_error",
 )
 #: Epochs of the running means of the adaptation rate from a trajectory (the study's App. B.4).
 RATE_EPOCHS = 20
@@ -157,7 +157,7 @@ class RunSummary:
     infinite_distance_at_min: float = float("nan")
     infinite_misalignment0: float = float("nan")
     infinite_misalignment_at_min: float = float("nan")
-    kernel_test_error_at_min: float = float("nan")
+    regression_error_at_min: float = float("nan")
     exact_minimum: bool = False
 
     def as_dict(self) -> dict[str, float | int]:
@@ -179,7 +179,7 @@ def run_summary(
     records
         1-D arrays over records, all of one length: `epoch`, `train_loss`, `test_loss`, `trace`,
         `effective_rank`; optionally `cosine_effective_rank`, `test_accuracy`, `init_alignment`,
-        `label_alignment`, `infinite_distance`, `infinite_alignment` and `kernel_test_error` (NaN if
+        `label_alignment`, `infinite_distance`, `infinite_alignment` and `regression_error` (NaN if
         absent).
         The first record is taken to be the initialisation (T0 = trace[0]).
     window
@@ -246,7 +246,7 @@ def run_summary(
         infinite_distance_at_min=at["infinite_distance"],
         infinite_misalignment0=1.0 - first["infinite_alignment"],
         infinite_misalignment_at_min=1.0 - at["infinite_alignment"],
-        kernel_test_error_at_min=at["kernel_test_error"],
+        regression_error_at_min=at["regression_error"],
         exact_minimum=bool(exact),
     )
 

@@ -89,7 +89,9 @@ def record_epochs(epochs: int, n_records: int, spacing: str = "log") -> np.ndarr
     if spacing == "linear":
         points = np.linspace(0, epochs, n_records)
     elif spacing == "log":
-        points = np.concatenate([[0], np.geomspace(1, max(epochs, 1), n_records - 1)])
+        # geomspace of one point is its start: two records are the first and the last epoch.
+        later = np.geomspace(1, max(epochs, 1), n_records - 1) if n_records > 2 else [epochs]
+        points = np.concatenate([[0], later])
     else:
         raise bad_value("spacing", repr(spacing), f"one of {SPACINGS}")
     return np.unique(np.clip(np.round(points).astype(np.int64), 0, epochs))
