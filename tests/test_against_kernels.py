@@ -77,10 +77,8 @@ def test_infinite_regression_is_the_kron_regression(kernel):
     np.testing.assert_allclose(got.predictions, want, rtol=1e-8, atol=1e-10)
 
 
-@pytest.fixture(scope="module")
-def tiny_sweep(tmp_path_factory):
-    """The tiny config swept through the command line (analysis and figures included)."""
-    folder = tmp_path_factory.mktemp("kernels")
+def _tiny_sweep(folder):
+    """The tiny config swept through the command line in `folder`: (config, store, output)."""
     config = folder / "tiny.toml"
     config.write_text(TINY)
     path = folder / "tiny.zarr"
@@ -89,15 +87,18 @@ def tiny_sweep(tmp_path_factory):
     return config, path, result.output
 
 
-def test_pretrained_network_is_the_size_k_run_trained_again(tiny_sweep):
-    config_path, path, _ = tiny_sweep
+def test_sweep_with_kernels_through_sweep_analyze_and_plot(tmp_path):
+    # One sweep serves both halves (as a module fixture it would run once per xdist worker).
+    config_path, path, output = _tiny_sweep(tmp_path)
+
+    # The pretrained network is the size-k run trained again.
     config = cfg.load_config(config_path, store=str(path))
-    dataset = data.load("digits")
+    digits = data.load("digits")
     run = next(r for r in cfg.runs(config) if r.n_train == 20 and r.seed == 0)
-    network, why = against_kernels.pretrained_network(config, run, dataset, lambda _: {})  # lr fixed
+    network, why = against_kernels.pretrained_network(config, run, digits, lambda _: {})  # lr fixed
     assert why == ""
     source = run  # size k: for larger sizes the same nested training set's first k samples
-    split = cfg.run_split(config, source, dataset)
+    split = cfg.run_split(config, source, digits)
     separate = train(
         cfg.run_model(config, source, split),
         split,
@@ -111,9 +112,7 @@ def test_pretrained_network_is_the_size_k_run_trained_again(tiny_sweep):
     attrs, _ = store.read_run(path, source.name)  # the sweep's own run of size k
     assert attrs["min_test_loss"] == pytest.approx(separate.min_test_loss, rel=1e-6)
 
-
-def test_sweep_stores_kernels_and_analyze_and_plot_report_them(tiny_sweep, tmp_path):
-    _, path, output = tiny_sweep
+    # The sweep stores the regressions; analyze and plot report them.
     dataset = store.open_sweep(path)
     assert dataset["kernel"].values.tolist() == list(cfg.KERNELS)
     error = dataset["kernel_test_error"]
