@@ -57,6 +57,11 @@ class MLP(nnx.Module):
             ]
         )
 
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """(d_in, n_1, ..., n_{L-1}): the input size, then the hidden widths (`ntkspec.infinite`'s)."""
+        return tuple(layer.in_features for layer in self.layers)
+
     def __call__(self, x: jax.Array) -> jax.Array:
         for layer in self.layers[:-1]:
             x = jax.nn.relu(layer(x))

@@ -230,7 +230,6 @@ def evaluate(
     its error as status and NaN scores.
     """
     c = split.num_classes
-    widths = (int(np.prod(split.x_train.shape[1:])), *(run.width,) * (config.depth - 1))
     columns: dict[str, list] = {
         k: []
         for k in (
@@ -260,7 +259,7 @@ def evaluate(
                 fit = entk_regression(model, split, config.kernel_ridges)
             else:
                 kernel = "ntk" if name == "ntk_infinite" else "nngp"
-                fit = infinite_regression(kernel, split, widths, config.kernel_ridges)
+                fit = infinite_regression(kernel, split, network.widths, config.kernel_ridges)
         except (np.linalg.LinAlgError, RuntimeError, MemoryError) as error:
             status = f"failed: {type(error).__name__}: {error}"
         mse, error = scores(fit.predictions, split.y_test, c) if fit is not None else (np.nan, np.nan)

@@ -205,8 +205,7 @@ class Measure:
         """K∞ ⊗ I_C of an MLP's widths on the NTK batch, dense if `op` is; None for other models."""
         if not isinstance(model, models.MLP):
             return None
-        widths = tuple(layer.in_features for layer in model.layers)  # (d_in, n_1, ..., n_{L-1})
-        infinite = mlp_operator(jnp.asarray(self.x_ntk, op.dtype), widths, self.num_classes)
+        infinite = mlp_operator(jnp.asarray(self.x_ntk, op.dtype), model.widths, self.num_classes)
         return as_operator(infinite.dense()) if isinstance(op, DenseOperator) else infinite
 
     def _regression(self, model: nnx.Module) -> tuple[float, float]:
