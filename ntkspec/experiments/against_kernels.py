@@ -59,7 +59,7 @@ from jax.flatten_util import ravel_pytree
 from ntkspec import infinite
 from ntkspec.data import Split
 from ntkspec.experiments.config import Run, SweepConfig, run_model, run_split, runs
-from ntkspec.experiments.train import make_optimizer, record_epochs, train
+from ntkspec.experiments.train import config_optimizer, record_epochs, train
 from ntkspec.model import adapt
 
 #: Jacobian entries computed per chunk of samples (float32: 128 MiB).
@@ -205,7 +205,7 @@ def pretrained_network(
     result = train(
         run_model(config, source, split),
         split,
-        make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
+        config_optimizer(config, lr),
         record_epochs(config.epochs, config.n_records, config.spacing),
         eval_every=config.eval_every,
         patience=config.patience,

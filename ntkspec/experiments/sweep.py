@@ -34,7 +34,7 @@ from ntkspec.experiments import against_kernels, store
 from ntkspec.experiments.config import Run, SweepConfig, parse_task, run_model, run_split, runs
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.records import FINISHED
-from ntkspec.experiments.train import make_optimizer, record_epochs, train, train_ensemble
+from ntkspec.experiments.train import config_optimizer, record_epochs, train, train_ensemble
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +166,7 @@ def _train_runs(config, group, first, dataset, epochs, root, record, mesh, calib
         results = train_ensemble(
             [run_model(config, run, split) for run, split in zip(group, splits, strict=True)],
             splits,
-            make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
+            config_optimizer(config, lr),
             epochs,
             measures,
             recorders=[
@@ -254,7 +254,7 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
             result = train(
                 run_model(config, pilot, split),
                 split,
-                make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum),
+                config_optimizer(config, lr),
                 [0, config.epochs],
                 eval_every=config.eval_every,
                 patience=patience,

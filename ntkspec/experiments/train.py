@@ -28,7 +28,7 @@ from jax.sharding import Mesh
 from ntkspec import sharding
 from ntkspec._errors import bad_value
 from ntkspec.data import Split
-from ntkspec.experiments.config import OPTIMIZERS, SPACINGS
+from ntkspec.experiments.config import OPTIMIZERS, SPACINGS, SweepConfig
 from ntkspec.experiments.measure import Measure, ntk_traces
 from ntkspec.experiments.records import Record
 
@@ -74,6 +74,11 @@ def make_optimizer(
     if name == "sgd":
         return optax.sgd(lr, momentum=momentum or None)
     raise bad_value("optimizer", repr(name), f"one of {OPTIMIZERS}")
+
+
+def config_optimizer(config: SweepConfig, lr: float) -> optax.GradientTransformation:
+    """`make_optimizer` with `config`'s optimizer settings, at learning rate `lr` (a run's)."""
+    return make_optimizer(config.optimizer, lr, b1=config.b1, momentum=config.momentum)
 
 
 def record_epochs(epochs: int, n_records: int, spacing: str = "log") -> np.ndarray:
