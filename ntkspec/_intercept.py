@@ -28,7 +28,8 @@ _VIEWS = ("reshape", "broadcast_in_dim", "expand_dims")
 class DenseLayer:
     """One Dense layer found in the jaxpr: indices of its weight (and bias) among the param leaves.
 
-    `position` numbers the layer among all candidate `dot_general`s in evaluation order.
+    `position` numbers the layer among all candidate `dot_general`s in evaluation order;
+    `transposed` says the weight is stored (d_out, d_in) rather than (d_in, d_out).
     """
 
     position: int
@@ -36,6 +37,7 @@ class DenseLayer:
     bias: int | None
     d_in: int
     d_out: int
+    transposed: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +59,7 @@ class _Walker:
 
     `origin` maps a variable to ("param", leaf), ("view", leaf) (a reshape or broadcast of a 1-D
     leaf) or ("dense", layer). `uses[leaf]` lists how each parameter leaf is used; `layers[i]` holds
-    the (weight leaf, d_in, d_out) of the i-th candidate Dense layer in evaluation order, which is
+    the (weight leaf, d_in, d_out, transposed) of the i-th candidate Dense layer in evaluation order, which is
     deterministic, so a second walk with perturbations finds the same numbering.
     """
 
@@ -66,7 +68,7 @@ class _Walker:
         self.origin: dict = {}
         self.uses: dict[int, list] = {}
         self.dense_uses: dict[int, int] = {}
-        self.layers: list[tuple[int, int, int]] = []
+        self.layers: list[tuple[int, int, int, bool]] = []
         self.inputs: dict[int, jax.Array] = {}
 
     def run(self, jaxpr: jcore.Jaxpr, consts: Sequence, args: Sequence) -> list:
@@ -153,7 +155,7 @@ class _Walker:
             return None
         leaf = origins[1][1]
         layer = len(self.layers)
-        self.layers.append((leaf, lhs.shape[1], rhs.shape[1 - contract_rhs[0]]))
+        self.layers.append((leaf, lhs.shape[1], rhs.shape[1 - contract_rhs[0]], contract_rhs[0] == 1))
         self._use(leaf, ("weight", layer))
         return layer
 
@@ -184,13 +186,13 @@ def find_structure(fn, leaves: Sequence, *args) -> Structure:
         lambda *flat: walker.run(closed.jaxpr, closed.consts, flat), *jax.tree.leaves((list(leaves), *args))
     )
     layers = []
-    for index, (leaf, d_in, d_out) in enumerate(walker.layers):
+    for index, (leaf, d_in, d_out, transposed) in enumerate(walker.layers):
         if walker.uses.get(leaf) != [("weight", index)]:
             continue
         bias = None
         if walker.dense_uses.get(index) == 1:
             bias = next((b for b, uses in walker.uses.items() if uses == [("bias", index)]), None)
-        layers.append(DenseLayer(index, leaf, bias, d_in, d_out))
+        layers.append(DenseLayer(index, leaf, bias, d_in, d_out, transposed))
     structured = Structure(tuple(layers), ()).structured
     return Structure(tuple(layers), tuple(i for i in range(n) if i not in structured))
 

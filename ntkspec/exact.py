@@ -15,7 +15,15 @@ Generic path (every other parameter): per-sample Jacobians of blocks of paramete
 so that its (N C) x P_block Jacobian fits `BLOCK_BYTES`, contracted and summed. Large leaves are split
 into row blocks.
 
-Both paths assume the model treats samples independently (no batch statistics across the batch).
+Parameter space (`parameter_gram`): the P x P Gram J^T J and J^T Y, for primal kernel regression
+when N C > P. A Dense layer's gradient for (i, c) is abar_i (x) delta_{i,c}, abar = (a, 1), so the
+block of J^T J between layers l and m is
+
+    sum_i (abar_{l,i} abar_{m,i}^T) (x) M_{lm,i},   M_{lm,i} = sum_c delta_{l,i,c} delta_{m,i,c}^T,
+
+N d_l n_l n_m d_m multiply-adds against N C d_l n_l d_m n_m for the Jacobian product: C times fewer.
+
+All paths assume the model treats samples independently (no batch statistics across the batch).
 """
 
 from __future__ import annotations
@@ -24,12 +32,14 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntkspec._errors import bad_value
 from ntkspec._intercept import Structure, find_structure, perturbed_call
 
 PATHS = ("auto", "structured", "jacobian")
 BLOCK_BYTES = 256 * 2**20
+GRAM_BYTES = 256 * 2**20
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 # A block is a tuple of (leaf index, first row, last row + 1) slices of parameter leaves.
@@ -152,3 +162,101 @@ def diagonal(apply: Callable, params, state, x: jax.Array, chunk: int):
         j = _block_jacobian(fn, leaves, state, x, block, chunk)
         d += jnp.sum(j * j, axis=2)
     return d.reshape(-1)
+
+
+def _dense_columns(layer, offsets: np.ndarray) -> np.ndarray:
+    """Flat parameter indices (d_in [+ 1 for the bias], d_out) of a Dense layer's abar (x) delta."""
+    a, p = np.meshgrid(np.arange(layer.d_in), np.arange(layer.d_out), indexing="ij")
+    weight = offsets[layer.weight] + (p * layer.d_in + a if layer.transposed else a * layer.d_out + p)
+    if layer.bias is None:
+        return weight
+    return np.concatenate([weight, offsets[layer.bias] + np.arange(layer.d_out)[None]])
+
+
+def _block_columns(leaves, block: _Block, offsets: np.ndarray) -> np.ndarray:
+    """Flat parameter indices of the columns of `_block_jacobian(..., block, ...)`."""
+    columns = []
+    for i, a, b in block:
+        if leaves[i].ndim == 0:
+            columns.append(offsets[i : i + 1])
+            continue
+        row = leaves[i].size // leaves[i].shape[0]
+        columns.append(offsets[i] + np.arange(a * row, b * row))
+    return np.concatenate(columns)
+
+
+def parameter_gram(apply: Callable, params, state, x: jax.Array, targets, chunk: int):
+    """(J^T J, J^T Y) in float64 NumPy: the P x P Gram of the parameter gradients (module docstring)
+    and the gradients contracted with targets Y (N, C); columns in `ravel_pytree`'s order.
+
+    Per pair of Dense layers and per unit p of the first, one matrix product
+    abar_l^T [abar_m (x) M_{lm}[:, p, :]] of (d_l + 1) x N by N x (d_m + 1) n_m; a layer's block with
+    itself only for units q >= p, the rest by symmetry. Samples go in chunks whose host products fit
+    `GRAM_BYTES`. The factors (a, delta, generic Jacobian blocks) are computed in JAX's precision,
+    their products summed in float64.
+    """
+    fn, leaves = _flat(apply, params)
+    structure = _structure(fn, leaves, state, x, "auto")
+    n, n_out = x.shape[0], jax.eval_shape(fn, leaves, state, x[:1]).shape[1]
+    offsets = np.cumsum([0] + [leaf.size for leaf in leaves])
+    dense = [_dense_columns(layer, offsets) for layer in structure.layers]
+    rest_size = sum(leaves[i].size for i in structure.rest)
+    per_sample = max([c.size for c in dense] + [n_out * rest_size, 1])
+    step = max(1, GRAM_BYTES // (8 * per_sample))
+    blocks = _blocks(leaves, structure.rest, step * n_out)
+    rest = np.concatenate([_block_columns(leaves, b, offsets) for b in blocks]) if blocks else None
+
+    @jax.jit
+    def factors(leaves, state, x):
+        inputs, deltas = _dense_factors(fn, leaves, state, x, structure, chunk) if dense else ([], [])
+        jacobian = [_block_jacobian(fn, leaves, state, x, b, chunk) for b in blocks]
+        return inputs, deltas, jnp.concatenate(jacobian, axis=2) if blocks else None
+
+    # Accumulated blocks (i, j) of Dense layers i <= j, shaped (d_i + 1, n_i, d_j + 1, n_j); -1 is
+    # the rest, (-1, i) shaped (R, d_i + 1, n_i).
+    pairs = {
+        (i, j): np.zeros(dense[i].shape + dense[j].shape)
+        for i in range(len(dense))
+        for j in range(i, len(dense))
+    }
+    if blocks:
+        pairs |= {(-1, i): np.zeros((rest.size, *c.shape)) for i, c in enumerate(dense)}
+        pairs[(-1, -1)] = np.zeros((rest.size, rest.size))
+    rhs = np.zeros(offsets[-1])
+    for start in range(0, n, step):
+        inputs, deltas, jacobian = jax.tree.map(
+            lambda a: np.asarray(a, np.float64), factors(leaves, state, x[start : start + step])
+        )
+        y = np.asarray(targets[start : start + step], np.float64)
+        rows = y.shape[0]
+        abar = [
+            np.concatenate([a, np.ones((rows, 1))], axis=1) if layer.bias is not None else a
+            for layer, a in zip(structure.layers, inputs, strict=True)
+        ]
+        for i, (a, delta) in enumerate(zip(abar, deltas, strict=True)):
+            rhs[dense[i]] += a.T @ np.einsum("ic,icp->ip", y, delta)
+            for j in range(i, len(abar)):
+                mixed = np.einsum("icp,icq->ipq", delta, deltas[j])
+                for p in range(delta.shape[2]):
+                    q = p if i == j else 0
+                    w = (abar[j][:, :, None] * mixed[:, p, None, q:]).reshape(rows, -1)
+                    pairs[i, j][:, p, :, q:] += (a.T @ w).reshape(a.shape[1], abar[j].shape[1], -1)
+            if jacobian is not None:
+                cross = np.einsum("icr,icp->irp", jacobian, delta)
+                pairs[-1, i] += np.einsum("ia,irp->rap", a, cross)
+        if jacobian is not None:
+            flat = jacobian.reshape(rows * n_out, -1)
+            rhs[rest] += flat.T @ y.reshape(-1)
+            pairs[-1, -1] += flat.T @ flat
+
+    gram = np.zeros((offsets[-1], offsets[-1]))
+    columns = {-1: rest, **{i: c.reshape(-1) for i, c in enumerate(dense)}}
+    for (i, j), block in pairs.items():
+        if i == j >= 0:  # units q < p from (q, p)
+            below = np.arange(block.shape[1])[:, None] > np.arange(block.shape[1])
+            block = np.where(below[None, :, None, :], block.transpose(2, 3, 0, 1), block)
+        block = block.reshape(columns[i].size, columns[j].size)
+        gram[np.ix_(columns[i], columns[j])] = block
+        if i != j:
+            gram[np.ix_(columns[j], columns[i])] = block.T
+    return gram, rhs

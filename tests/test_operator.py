@@ -118,6 +118,50 @@ def test_structured_layers_are_found():
         assert all(layer.bias is not None for layer in structure.layers)
 
 
+def _jacobian(op) -> np.ndarray:
+    """Dense float64 J (N·C, P) by `jax.jacrev`, columns in `ravel_pytree`'s order."""
+    from jax.flatten_util import ravel_pytree
+
+    params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), op.params)
+    flat, unravel = ravel_pytree(params)
+    x = jnp.asarray(op.x, jnp.float64)
+    return np.asarray(jax.jacrev(lambda w: op.apply(unravel(w), op.state, x).reshape(-1))(flat))
+
+
+def _parameter_gram_matches(op, chunk: int, tolerance: float) -> None:
+    from ntkspec import exact
+
+    j = _jacobian(op)
+    y = np.random.default_rng(0).normal(size=(op.n_samples, op.n_outputs))
+    gram, rhs = exact.parameter_gram(op.apply, op.params, op.state, op.x, y, chunk)
+    assert relative_error(gram, j.T @ j) < tolerance
+    assert relative_error(rhs, j.T @ y.reshape(-1)) < tolerance
+
+
+def test_parameter_gram(case, monkeypatch):
+    from ntkspec import exact
+
+    op, _, dtype = case
+    _parameter_gram_matches(op, 2, TOLERANCE[dtype])
+    monkeypatch.setattr(exact, "GRAM_BYTES", 3000)  # a few samples per host chunk
+    _parameter_gram_matches(op, 2, TOLERANCE[dtype])
+
+
+def test_parameter_gram_of_transposed_biasless_and_scalar_parameters():
+    def apply(params, x):  # a square weight stored (d_out, d_in), a layer without bias, a scale
+        h = jax.nn.relu(jnp.einsum("ni,oi->no", x, params["w"]) + params["b"])
+        return (jnp.tanh(h @ params["v"]) * params["s"]) @ params["u"]
+
+    keys = jax.random.split(jax.random.key(0), 6)
+    shapes = {"w": (5, 5), "b": (5,), "v": (5, 4), "s": (), "u": (4, 3)}
+    params = {
+        name: jax.random.normal(k, shape, jnp.float64)
+        for k, (name, shape) in zip(keys[:5], shapes.items(), strict=True)
+    }
+    op = ntkspec.ntk(apply, params, jax.random.normal(keys[-1], (6, 5), jnp.float64))
+    _parameter_gram_matches(op, 4, 1e-12)
+
+
 def test_operator_works_under_jit():
     module = NNX_MODELS["relu_mlp"](nnx.Rngs(0))
     op = ntkspec.ntk(module, inputs("relu_mlp", 0, 3, jnp.float32))
