@@ -6,6 +6,9 @@
 * `CNN`: three 3x3 convolutions of 32 filters (ReLU, 2x2 average pooling after each), a 64-unit Dense
   layer and the output layer, He-uniform weights (He et al., "Delving deep into rectifiers", 2015) and
   zero biases: the small network of the noisy-copy experiment.
+
+Either takes another weight initialiser of `INITS` by name: the noisy-copy experiment's dense network
+is Xavier-uniform (variance 2 / (fan_in + fan_out); Glorot & Bengio 2010).
 """
 
 from __future__ import annotations
@@ -18,6 +21,18 @@ from ntkspec._errors import bad_value
 from ntkspec._typing import Key
 
 MODELS = ("mlp", "cnn")
+#: Weight initialisers by name (biases start at zero).
+INITS = {
+    "lecun_normal": nnx.initializers.lecun_normal,
+    "xavier_uniform": nnx.initializers.xavier_uniform,
+    "he_uniform": nnx.initializers.he_uniform,
+}
+
+
+def _initializer(init: str):
+    if init not in INITS:
+        raise bad_value("init", repr(init), f"one of {tuple(INITS)}")
+    return INITS[init]()
 
 
 def _positive(name: str, value: object) -> None:
@@ -36,18 +51,21 @@ class MLP(nnx.Module):
         num_classes: int,
         *,
         rngs: nnx.Rngs,
+        init: str = "lecun_normal",
         param_dtype: jnp.dtype = jnp.float32,
     ):
         for name, value in (("in_features", in_features), ("width", width), ("depth", depth)):
             _positive(name, value)
         _positive("num_classes", num_classes)
         sizes = [in_features] + [width] * (depth - 1) + [num_classes]
+        self.init = init
+        kernel_init = _initializer(init)
         self.layers = nnx.List(
             [
                 nnx.Linear(
                     fan_in,
                     fan_out,
-                    kernel_init=nnx.initializers.lecun_normal(),
+                    kernel_init=kernel_init,
                     bias_init=nnx.initializers.zeros_init(),
                     param_dtype=param_dtype,
                     dtype=param_dtype,
@@ -79,28 +97,30 @@ class CNN(nnx.Module):
         rngs: nnx.Rngs,
         filters: int = 32,
         hidden: int = 64,
+        init: str = "he_uniform",
         param_dtype: jnp.dtype = jnp.float32,
     ):
         if len(image_shape) != 3:
             raise bad_value("image_shape", repr(image_shape), "(height, width, channels)")
         _positive("num_classes", num_classes)
         height, width, channels = image_shape
-        init = dict(
-            kernel_init=nnx.initializers.he_uniform(),
+        self.init = init
+        layer = dict(
+            kernel_init=_initializer(init),
             bias_init=nnx.initializers.zeros_init(),
             param_dtype=param_dtype,
             dtype=param_dtype,
             rngs=rngs,
         )
         self.convs = nnx.List(
-            [nnx.Conv(c, filters, kernel_size=(3, 3), **init) for c in (channels, filters, filters)]
+            [nnx.Conv(c, filters, kernel_size=(3, 3), **layer) for c in (channels, filters, filters)]
         )
         for _ in range(3):
             height, width = height // 2, width // 2
         if height < 1 or width < 1:
             raise bad_value("image_shape", repr(image_shape), "images of at least 8x8 pixels")
-        self.dense = nnx.Linear(height * width * filters, hidden, **init)
-        self.out = nnx.Linear(hidden, num_classes, **init)
+        self.dense = nnx.Linear(height * width * filters, hidden, **layer)
+        self.out = nnx.Linear(hidden, num_classes, **layer)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         for conv in self.convs:
@@ -117,19 +137,21 @@ def build(
     *,
     width: int = 0,
     depth: int = 0,
+    init: str | None = None,
     param_dtype: jnp.dtype = jnp.float32,
 ) -> nnx.Module:
     """Build model `kind` ("mlp" or "cnn") for inputs of `input_shape` (one sample) from `key`.
 
     An MLP flattens nothing itself: pass `input_shape = (features,)`. `width` and `depth` apply to the
-    MLP only.
+    MLP only. `init` names a weight initialiser of `INITS` (None: the model's own).
     """
     rngs = nnx.Rngs(params=key)
+    own = {} if init is None else {"init": init}
     if kind == "mlp":
         features = 1
         for d in input_shape:
             features *= d
-        return MLP(features, width, depth, num_classes, rngs=rngs, param_dtype=param_dtype)
+        return MLP(features, width, depth, num_classes, rngs=rngs, param_dtype=param_dtype, **own)
     if kind == "cnn":
-        return CNN(tuple(input_shape), num_classes, rngs=rngs, param_dtype=param_dtype)
+        return CNN(tuple(input_shape), num_classes, rngs=rngs, param_dtype=param_dtype, **own)
     raise bad_value("model", repr(kind), f"one of {MODELS}")

@@ -211,6 +211,8 @@ def pretrained_network(
         record_epochs(config.epochs, config.n_records, config.spacing),
         eval_every=config.eval_every,
         patience=config.patience,
+        batch_size=config.batch_size,
+        order=source.order_key(),
     )
     if result.status != "complete":
         return None, f"training on k = {source.n_train} samples {result.message}"

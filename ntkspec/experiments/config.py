@@ -40,12 +40,16 @@ class SweepConfig:
     dataset, data_dir, classes : the data (`ntkspec.data.load`; `classes` picks and orders a subset).
     model, depth, widths : "mlp" (depth = number of Dense layers) or "cnn"; widths swept for kind
         "width", the single width otherwise.
+    init : the weight initialiser (`ntkspec.models.INITS`; None: the model's own, LeCun-normal for
+        the MLP, He-uniform for the CNN).
     data_sizes, noise_fractions : swept for kinds "data_size" and "noise".
     seeds : number of seeds, 0 .. seeds - 1.
     n_train, n_ntk, n_test : training samples, NTK batch size, test-set cap (None: all the rest).
     noise_fraction, noise_std : noisy-copy replacement for kinds other than "noise".
-    optimizer, lr, b1, momentum : full-batch Adam (b1) or SGD (momentum); `lr = "calibrate"` picks a
+    optimizer, lr, b1, momentum : Adam (b1) or SGD (momentum); `lr = "calibrate"` picks a
         learning rate per swept value by the reference study's rule (see `sweep.calibrate`).
+    batch_size : samples per step, in a fresh random order every epoch (`train.train_ensemble`);
+        None: full batch, one step per epoch.
     epochs, n_records, spacing : the longest training and the recording schedule
         (`train.record_epochs`).
     min_epoch_window : [lower, upper] epochs between which the minimum test loss must fall for a
@@ -78,6 +82,7 @@ class SweepConfig:
     model: str = "mlp"
     depth: int = 3
     widths: tuple[int, ...] = (8, 16, 32, 64, 128, 256)
+    init: str | None = None
     data_sizes: tuple[int, ...] = ()
     noise_fractions: tuple[float, ...] = ()
     seeds: int = 3
@@ -90,6 +95,7 @@ class SweepConfig:
     lr: float | str = 1e-3
     b1: float = 0.9
     momentum: float = 0.9
+    batch_size: int | None = None
     epochs: int = 1000
     min_epoch_window: tuple[int, ...] = (400, 1000)
     patience: int | None = None
@@ -168,6 +174,10 @@ class SweepConfig:
             raise bad_value(
                 "patience", self.patience, "a non-negative integer (or leave it out: no early stop)"
             )
+        if self.batch_size is not None and self.batch_size < 1:
+            raise bad_value("batch_size", self.batch_size, "a positive integer (or leave it out: full batch)")
+        if self.init is not None and self.init not in models.INITS:
+            raise bad_value("init", repr(self.init), f"one of {tuple(models.INITS)} (or leave it out)")
         for name in ("eval_every", "pilot_runs"):
             if getattr(self, name) < 1:
                 raise bad_value(name, getattr(self, name), "a positive integer")
@@ -219,12 +229,12 @@ class SweepConfig:
                 "Kernels go with kind 'data_size'.",
             )
         infinite = [name for name in kernels if name in ("ntk_infinite", "nngp")]
-        if infinite and self.model != "mlp":
+        if infinite and (self.model != "mlp" or self.init not in (None, "lecun_normal")):
             raise bad_value(
                 "kernels",
                 list(kernels),
-                f"no {infinite} with model {self.model!r}",
-                "K∞ and the NNGP are the MLP's.",
+                f"no {infinite} with model {self.model!r} and init {self.init!r}",
+                "K∞ and the NNGP are the LeCun-normal MLP's.",
             )
         if not self.kernel_ridges or not all(rho > 0 for rho in self.kernel_ridges):
             raise bad_value(
@@ -340,6 +350,11 @@ class Run:
         """
         return run_keys(self.seed)
 
+    def order_key(self) -> Key:
+        """The key of the minibatches' order: the data key folded with 1 (apart from `keys`, which
+        full-batch stores were drawn from)."""
+        return jax.random.fold_in(self.keys()[0], 1)
+
     @property
     def point(self) -> str:
         """The swept value's label shared by its seeds: `w64` for `w64_s0`."""
@@ -424,5 +439,6 @@ def run_model(config: SweepConfig, run: Run, split: data.Split):
         run.keys()[1],
         width=run.width,
         depth=config.depth,
+        init=config.init,
         param_dtype=jnp.dtype(config.dtype),
     )

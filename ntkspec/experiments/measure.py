@@ -202,8 +202,9 @@ class Measure:
         return tuple((float(r.value), float(r.stderr)) for r in results)
 
     def _infinite(self, model: nnx.Module, op):
-        """K∞ ⊗ I_C of an MLP's widths on the NTK batch, dense if `op` is; None for other models."""
-        if not isinstance(model, models.MLP):
+        """K∞ ⊗ I_C of an MLP's widths on the NTK batch, dense if `op` is; None for other models and
+        initialisers (K∞ is the LeCun-normal MLP's)."""
+        if not isinstance(model, models.MLP) or model.init != "lecun_normal":
             return None
         infinite = mlp_operator(jnp.asarray(self.x_ntk, op.dtype), model.widths, self.num_classes)
         return as_operator(infinite.dense()) if isinstance(op, DenseOperator) else infinite

@@ -79,7 +79,7 @@ def run_sweep(
 ) -> SweepSummary:
     """Run the runs of `config` that belong to `task` ("i/n": index i modulo n) and are not finished.
 
-    Each run: data split and model from its seed, full-batch training, a record per recording epoch
+    Each run: data split and model from its seed, full-batch or minibatch training, a record per recording epoch
     appended to the store, then its final status: "complete", "diverged" (with advice) or "failed"
     (a runtime error such as running out of memory; the sweep goes on, and a rerun retries the run).
     With a `mesh`, training and spectra run sharded across its devices. Bad input raises. `progress`
@@ -175,6 +175,8 @@ def _train_runs(config, group, first, dataset, epochs, root, record, mesh, calib
             ],
             eval_every=config.eval_every,
             patience=config.patience,
+            batch_size=config.batch_size,
+            orders=[run.order_key() for run in group],
             mesh=mesh,
         )
     except (RuntimeError, MemoryError, store.CorruptRunError) as error:
@@ -258,6 +260,8 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
                 [0, config.epochs],
                 eval_every=config.eval_every,
                 patience=patience,
+                batch_size=config.batch_size,
+                order=pilot.order_key(),
             )
             reached = result.status == "complete" and result.min_epoch < result.stopped
             epoch = result.min_epoch if reached else config.epochs + 1  # no minimum: too slow

@@ -1,4 +1,4 @@
-"""Full-batch training, with a measurement at each recording epoch.
+"""Full-batch or minibatch training, with a measurement at each recording epoch.
 
 Between two recording epochs the optimiser steps run inside one compiled loop: the model is split
 once into its graph definition and parameters (`nnx.split`), so a step is a pure function
@@ -27,6 +27,7 @@ from jax.sharding import Mesh
 
 from ntkspec import sharding
 from ntkspec._errors import bad_value
+from ntkspec._typing import Key
 from ntkspec.data import Split
 from ntkspec.experiments.config import OPTIMIZERS, SPACINGS, SweepConfig
 from ntkspec.experiments.measure import Measure, ntk_traces
@@ -127,55 +128,95 @@ def _select(mask, new, old):
     return jax.tree.map(lambda a, b: jnp.where(mask.reshape(-1, *[1] * (a.ndim - 1)), a, b), new, old)
 
 
-def _step(graphdef, optimizer, params, opt_state, x, y):
-    """One full-batch step of one network: its loss before the step, its parameters and state after."""
-    loss, grads = jax.value_and_grad(lambda p: _loss_and_accuracy(graphdef, p, x, y)[0])(params)
+def _step(graphdef, optimizer, params, opt_state, x, y, weights=None):
+    """One optimizer step of one network on (x, y), the loss weighted by `weights` (None: the plain
+    mean): the loss before the step, the parameters and state after."""
+
+    def loss(p):
+        logits = nnx.merge(graphdef, p)(x)
+        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+        return jnp.mean(losses) if weights is None else jnp.sum(weights * losses) / jnp.sum(weights)
+
+    value, grads = jax.value_and_grad(loss)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
-    return loss, optax.apply_updates(params, updates), opt_state
+    return value, optax.apply_updates(params, updates), opt_state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _steps(graphdef, optimizer, params, opt_state, n_steps, x, y):
-    """`n_steps[e]` full-batch steps of network e; also whether every loss on the way was finite.
+def _epoch(graphdef, optimizer, batch_size, params, opt_state, x, y, key, epoch):
+    """Epoch `epoch` (counted from 0) of one network: one full-batch step (`batch_size` None), else
+    steps on consecutive minibatches of a permutation of the samples drawn from fold_in(key, epoch),
+    the last one smaller when `batch_size` does not divide N (padded, with zero weights). Returns
+    (every loss finite, parameters, optimizer state): a pure function of the epoch, so a replay
+    retraces it."""
+    if batch_size is None:
+        loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x, y)
+        return jnp.isfinite(loss), params, opt_state
+    n = x.shape[0]
+    batches = -(-n // batch_size)
+    order = jax.random.permutation(jax.random.fold_in(key, epoch), n)
+    order = jnp.pad(order, (0, batches * batch_size - n)).reshape(batches, batch_size)
+    weights = (jnp.arange(batches * batch_size) < n).reshape(batches, batch_size).astype(x.dtype)
 
-    `graphdef` and `optimizer` are static, so runs of one architecture share one compilation
-    when they share the optimizer object. Under `vmap` the loop runs max(n_steps) times and leaves a
-    network's carry unchanged once its own count is done (a batched `while_loop` selects): a network
-    given 0 steps (stopped, diverged) is frozen.
+    def step(carry, batch):
+        params, opt_state, finite = carry
+        index, weight = batch
+        loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x[index], y[index], weight)
+        return (params, opt_state, finite & jnp.isfinite(loss)), None
+
+    (params, opt_state, finite), _ = jax.lax.scan(
+        step, (params, opt_state, jnp.array(True)), (order, weights)
+    )
+    return finite, params, opt_state
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _steps(graphdef, optimizer, batch_size, params, opt_state, n_steps, start, keys, x, y):
+    """`n_steps[e]` epochs (`_epoch`) of network e from epoch `start`; also whether every loss on the
+    way was finite.
+
+    `graphdef`, `optimizer` and `batch_size` are static, so runs of one architecture share one
+    compilation when they share the optimizer object. Under `vmap` the loop runs max(n_steps) times
+    and leaves a network's carry unchanged once its own count is done (a batched `while_loop`
+    selects): a network given 0 steps (stopped, diverged) is frozen.
     """
 
-    def one(params, opt_state, n_steps, x, y):
-        def step(_, carry):
+    def one(params, opt_state, n_steps, key, x, y):
+        def step(i, carry):
             params, opt_state, finite = carry
-            loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x, y)
-            return params, opt_state, finite & jnp.isfinite(loss)
+            ok, params, opt_state = _epoch(
+                graphdef, optimizer, batch_size, params, opt_state, x, y, key, start + i
+            )
+            return params, opt_state, finite & ok
 
         return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, jnp.array(True)))
 
-    return jax.vmap(one)(params, opt_state, n_steps, x, y)
+    return jax.vmap(one)(params, opt_state, n_steps, keys, x, y)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _replay(graphdef, optimizer, params, opt_state, n_steps, x, y, x_test, y_test):
-    """Per network, `n_steps[e]` steps one by one with the test loss after each: the parameters, the
-    epoch offset (0 .. n_steps[e]) and the loss of the lowest one, the starting point included."""
+@functools.partial(jax.jit, static_argnums=(0, 1, 2))
+def _replay(graphdef, optimizer, batch_size, params, opt_state, n_steps, start, keys, x, y, x_test, y_test):
+    """Per network, `n_steps[e]` epochs one by one from epoch `start[e]` with the test loss after
+    each: the parameters, the epoch offset (0 .. n_steps[e]) and the loss of the lowest one, the
+    starting point included."""
 
-    def one(params, opt_state, n_steps, x, y, x_test, y_test):
+    def one(params, opt_state, n_steps, start, key, x, y, x_test, y_test):
         def test_loss(p):
             return _loss_and_accuracy(graphdef, p, x_test, y_test)[0]
 
         def step(i, carry):
             params, opt_state, best = carry
-            _, params, opt_state = _step(graphdef, optimizer, params, opt_state, x, y)
+            _, params, opt_state = _epoch(
+                graphdef, optimizer, batch_size, params, opt_state, x, y, key, start + i
+            )
             loss = test_loss(params)
             better = loss < best[2]
             best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (params, i + 1, loss), best)
             return params, opt_state, best
 
-        start = (params, jnp.array(0), test_loss(params))
-        return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, start))[2]
+        first = (params, jnp.array(0), test_loss(params))
+        return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, first))[2]
 
-    return jax.vmap(one)(params, opt_state, n_steps, x, y, x_test, y_test)
+    return jax.vmap(one)(params, opt_state, n_steps, start, keys, x, y, x_test, y_test)
 
 
 def train(
@@ -188,12 +229,14 @@ def train(
     recorder: Callable[[Record], None] | None = None,
     eval_every: int = 10,
     patience: int | None = None,
+    batch_size: int | None = None,
+    order: Key | None = None,
     mesh: Mesh | None = None,
 ) -> TrainResult:
-    """Train `model` full-batch on `split` with softmax cross-entropy, measuring at `epochs`.
+    """Train `model` on `split` with softmax cross-entropy, measuring at `epochs`.
 
-    The ensemble of one (`train_ensemble`, which says how): `measure` and `recorder` are that of
-    its one network.
+    The ensemble of one (`train_ensemble`, which says how): `measure`, `recorder` and `order` are
+    that of its one network.
     """
     return train_ensemble(
         [model],
@@ -204,6 +247,8 @@ def train(
         recorders=[recorder],
         eval_every=eval_every,
         patience=patience,
+        batch_size=batch_size,
+        orders=None if order is None else [order],
         mesh=mesh,
     )[0]
 
@@ -219,9 +264,11 @@ def train_ensemble(
     recorders: Sequence[Callable[[Record], None] | None] | None = None,
     eval_every: int = 10,
     patience: int | None = None,
+    batch_size: int | None = None,
+    orders: Sequence[Key] | None = None,
     mesh: Mesh | None = None,
 ) -> list[TrainResult]:
-    """Train each of `models` full-batch on its split with softmax cross-entropy, in one program.
+    """Train each of `models` on its split with softmax cross-entropy, in one program.
 
     Network e trains on `splits[e]`, measured by `measures[e]` into `recorders[e]`, with results
     equal to its own separate run (up to the reduction order of float arithmetic): the parameters,
@@ -233,10 +280,11 @@ def train_ensemble(
 
     The test loss is evaluated every `eval_every` epochs (and at every record). The minimum test loss
     is then pinned to the epoch by a replay: from the parameters kept at the evaluation before the
-    lowest one, one step at a time over the two evaluation intervals around it (full-batch training
-    is deterministic, so the replay retraces the run). The network at that epoch is measured once
-    more (`TrainResult.minimum`). A loss that becomes NaN or Inf ends that network's run with status
-    "diverged" and advice, never an exception.
+    lowest one, one epoch at a time over the two evaluation intervals around it (an epoch is a pure
+    function of the parameters, the optimizer state and its number, so the replay retraces the
+    run). The network at that epoch is measured once more (`TrainResult.minimum`). A loss that
+    becomes NaN or Inf ends that network's run with status "diverged" and advice, never an
+    exception.
 
     The trace tr K (every evaluation, `measure.ntk_traces`) is one vmapped program for the ensemble.
     The records (`Measure.__call__`) stay a loop over the networks: each needs its own K₀ and
@@ -252,7 +300,7 @@ def train_ensemble(
     optimizer : an Optax transformation, e.g. from `make_optimizer`; reuse one object across runs
         of one architecture to reuse the compiled training loop.
     epochs : increasing recording epochs (see `record_epochs`); the last one is the training length.
-        One epoch is one full-batch step.
+        One epoch is one full-batch step, or a pass over the training set in minibatches.
     measures : one `ntkspec.experiments.measure.Measure` per model, called at each recording epoch
         with the network, the epoch and its losses and accuracies, returning the `Record`. None: no
         records, no trace (e.g. a learning-rate pilot).
@@ -261,6 +309,10 @@ def train_ensemble(
     eval_every : epochs between two evaluations of the test loss (and of the trace).
     patience : stop a network this many epochs past its lowest test loss so far (None: train to the
         end).
+    batch_size : samples per step (None: full batch). Network e's minibatches in epoch t are those
+        of a permutation drawn from fold_in(orders[e], t); the last is smaller when `batch_size`
+        does not divide the training-set size.
+    orders : one PRNG key per model, with `batch_size` (e.g. `Run.order_key`; unused in full batch).
     mesh : a mesh with "data" and "model" axes (as for `ntkspec.ntk`; default: the mesh set with
         `jax.set_mesh`, if any): parameters and optimizer states split on "model", samples on
         "data", the ensemble axis not split; the numbers equal the single-device ones.
@@ -283,6 +335,12 @@ def train_ensemble(
         if given is not None and len(given) != count:
             raise bad_value(name, f"{len(given)} entries for {count} models", "one per model")
     recorders = [None] * count if recorders is None else list(recorders)
+    if batch_size is not None and (not isinstance(batch_size, int | np.integer) or batch_size < 1):
+        raise bad_value("batch_size", repr(batch_size), "a positive integer or None (full batch)")
+    if batch_size is not None and (orders is None or len(orders) != count):
+        got = "None" if orders is None else f"{len(orders)} keys for {count} models"
+        raise bad_value("orders", got, "one PRNG key per model with batch_size set")
+    keys = jax.random.split(jax.random.key(0), count) if batch_size is None else jnp.stack(list(orders))
     graphdef, params = _stack("models", [nnx.split(model) for model in models])
     _, data = _stack("splits", [(None, (s.x_train, s.y_train, s.x_test, s.y_test)) for s in splits])
     opt_state = jax.vmap(optimizer.init)(params)
@@ -309,7 +367,9 @@ def train_ensemble(
         if not active.any():
             break
         n_steps = jnp.asarray(np.where(active, epoch - previous, 0))
-        params, opt_state, finite = _steps(graphdef, optimizer, params, opt_state, n_steps, x_train, y_train)
+        params, opt_state, finite = _steps(
+            graphdef, optimizer, batch_size, params, opt_state, n_steps, previous, keys, x_train, y_train
+        )
         metrics = _metrics(graphdef, params, (x_train, y_train), (x_test, y_test))
         finite = np.asarray(finite) & np.asarray(_all_finite(params)) & np.isfinite(metrics["train_loss"])
         traces = None if measures is None else np.asarray(ntk_traces(graphdef, params, x_ntk, mesh=mesh))
@@ -361,7 +421,17 @@ def train_ensemble(
     for e in finished:
         spans[e] = min(best_epoch[e] + eval_every, stopped[e]) - best_start[e]
     min_params, offsets, min_losses = _replay(
-        graphdef, optimizer, *best_state, jnp.asarray(spans), x_train, y_train, x_test, y_test
+        graphdef,
+        optimizer,
+        batch_size,
+        *best_state,
+        jnp.asarray(spans),
+        jnp.asarray(best_start),
+        keys,
+        x_train,
+        y_train,
+        x_test,
+        y_test,
     )
     min_metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
     offsets, min_losses = np.asarray(offsets), np.asarray(min_losses)
