@@ -79,9 +79,10 @@ def run_sweep(
 ) -> SweepSummary:
     """Run the runs of `config` that belong to `task` ("i/n": index i modulo n) and are not finished.
 
-    Each run: data split and model from its seed, full-batch or minibatch training, a record per recording epoch
-    appended to the store, then its final status: "complete", "diverged" (with advice) or "failed"
-    (a runtime error such as running out of memory; the sweep goes on, and a rerun retries the run).
+    Each run: data split and model from its seed, full-batch or minibatch training, a record per
+    recording epoch appended to the store, then its final status: "complete", "diverged" (with
+    advice) or "failed" (a runtime error such as running out of memory; the sweep goes on, and a
+    rerun retries the run).
     With a `mesh`, training and spectra run sharded across its devices. Bad input raises. `progress`
     is called when a run starts and after every record.
     """
