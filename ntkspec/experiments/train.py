@@ -4,7 +4,9 @@ Between two recording epochs the optimiser steps run inside one compiled loop: t
 once into its graph definition and parameters (`nnx.split`), so a step is a pure function
 (params, opt_state) -> (params, opt_state) that `jax.lax.fori_loop` repeats. The trip count is a
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
-`lax.scan` would recompile for every distinct gap length). At each recording epoch the trainer
+`lax.scan` would recompile for every distinct gap length). A network with convolutions on the CPU
+runs its epochs one dispatch each instead (`_epochs`: XLA:CPU convolves 25 times slower inside a
+loop). At each recording epoch the trainer
 evaluates the loss and accuracy on the training and test sets and hands them, with the network, to
 the `measure` callback (`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
 
@@ -19,6 +21,7 @@ import functools
 from collections.abc import Callable, Sequence
 
 import jax
+import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -142,10 +145,11 @@ def _step(graphdef, optimizer, params, opt_state, x, y, weights=None):
     return value, optax.apply_updates(params, updates), opt_state
 
 
-def _epoch(graphdef, optimizer, batch_size, params, opt_state, x, y, key, epoch):
+def _epoch(graphdef, optimizer, batch_size, unroll, params, opt_state, x, y, key, epoch):
     """Epoch `epoch` (counted from 0) of one network: one full-batch step (`batch_size` None), else
     steps on consecutive minibatches of a permutation of the samples drawn from fold_in(key, epoch),
-    the last one smaller when `batch_size` does not divide N (padded, with zero weights). Returns
+    the last one smaller when `batch_size` does not divide N (padded, with zero weights), their loop
+    unrolled where `unroll` (see `_epochs`). Returns
     (every loss finite, parameters, optimizer state): a pure function of the epoch, so a replay
     retraces it."""
     if batch_size is None:
@@ -163,60 +167,86 @@ def _epoch(graphdef, optimizer, batch_size, params, opt_state, x, y, key, epoch)
         loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x[index], y[index], weight)
         return (params, opt_state, finite & jnp.isfinite(loss)), None
 
-    (params, opt_state, finite), _ = jax.lax.scan(
-        step, (params, opt_state, jnp.array(True)), (order, weights)
-    )
+    carry = (params, opt_state, jnp.array(True))
+    (params, opt_state, finite), _ = jax.lax.scan(step, carry, (order, weights), unroll=unroll)
     return finite, params, opt_state
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _steps(graphdef, optimizer, batch_size, params, opt_state, n_steps, start, keys, x, y):
-    """`n_steps[e]` epochs (`_epoch`) of network e from epoch `start`; also whether every loss on the
-    way was finite.
+def _training_epoch(statics, i, carry, start, key, x, y):
+    """Epoch start + i of one network: carry (params, opt_state, every loss finite so far)."""
+    params, opt_state, finite = carry
+    ok, params, opt_state = _epoch(*statics, params, opt_state, x, y, key, start + i)
+    return params, opt_state, finite & ok
 
-    `graphdef`, `optimizer` and `batch_size` are static, so runs of one architecture share one
-    compilation when they share the optimizer object. Under `vmap` the loop runs max(n_steps) times
-    and leaves a network's carry unchanged once its own count is done (a batched `while_loop`
-    selects): a network given 0 steps (stopped, diverged) is frozen.
+
+def _replay_epoch(statics, i, carry, start, key, x, y, x_test, y_test):
+    """Epoch start + i of one network, then its test loss: carry (params, opt_state, best), best the
+    (parameters, epoch offset, test loss) of the lowest test loss so far, the start included."""
+    params, opt_state, best = carry
+    _, params, opt_state = _epoch(*statics, params, opt_state, x, y, key, start + i)
+    loss = _loss_and_accuracy(statics[0], params, x_test, y_test)[0]
+    better = loss < best[2]
+    best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (params, i + 1, loss), best)
+    return params, opt_state, best
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _compiled_epochs(body, statics, carry, n_steps, *data):
+    """Per network e, `n_steps[e]` epochs `body(statics, i, carry, *data)` in one compiled loop.
+
+    `body` and `statics` (graph definition, optimizer, batch size, unroll) are static, so runs of
+    one architecture share one compilation when they share the optimizer object. Under `vmap` the
+    loop runs max(n_steps) times and leaves a network's carry unchanged once its own count is done
+    (a batched `while_loop` selects): a network given 0 steps (stopped, diverged) is frozen.
     """
 
-    def one(params, opt_state, n_steps, key, x, y):
-        def step(i, carry):
-            params, opt_state, finite = carry
-            ok, params, opt_state = _epoch(
-                graphdef, optimizer, batch_size, params, opt_state, x, y, key, start + i
-            )
-            return params, opt_state, finite & ok
+    def one(carry, n_steps, *data):
+        return jax.lax.fori_loop(0, n_steps, lambda i, c: body(statics, i, c, *data), carry)
 
-        return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, jnp.array(True)))
-
-    return jax.vmap(one)(params, opt_state, n_steps, keys, x, y)
+    return jax.vmap(one)(carry, n_steps, *data)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _replay(graphdef, optimizer, batch_size, params, opt_state, n_steps, start, keys, x, y, x_test, y_test):
-    """Per network, `n_steps[e]` epochs one by one from epoch `start[e]` with the test loss after
-    each: the parameters, the epoch offset (0 .. n_steps[e]) and the loss of the lowest one, the
-    starting point included."""
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _one_epoch(body, statics, i, carry, n_steps, *data):
+    """Epoch i of `_compiled_epochs` alone, for the networks with i < n_steps[e]."""
 
-    def one(params, opt_state, n_steps, start, key, x, y, x_test, y_test):
-        def test_loss(p):
-            return _loss_and_accuracy(graphdef, p, x_test, y_test)[0]
+    def one(carry, n_steps, *data):
+        new = body(statics, i, carry, *data)
+        return jax.tree.map(lambda a, b: jnp.where(i < n_steps, a, b), new, carry)
 
-        def step(i, carry):
-            params, opt_state, best = carry
-            _, params, opt_state = _epoch(
-                graphdef, optimizer, batch_size, params, opt_state, x, y, key, start + i
-            )
-            loss = test_loss(params)
-            better = loss < best[2]
-            best = jax.tree.map(lambda new, old: jnp.where(better, new, old), (params, i + 1, loss), best)
-            return params, opt_state, best
+    return jax.vmap(one)(carry, n_steps, *data)
 
-        first = (params, jnp.array(0), test_loss(params))
-        return jax.lax.fori_loop(0, n_steps, step, (params, opt_state, first))[2]
 
-    return jax.vmap(one)(params, opt_state, n_steps, start, keys, x, y, x_test, y_test)
+def _epochs(body, statics, carry, n_steps, *data, compiled: bool = True):
+    """`_compiled_epochs`, or (compiled False) its epochs dispatched one by one from Python.
+
+    XLA:CPU runs a convolution inside a loop body (`while`) about 25 times slower than outside one
+    (jax-ml/jax#12868; measured here on the noise experiment's CNN: an epoch of 16 minibatches takes
+    0.75 s unrolled, 19 s inside a loop), so a CNN trains on the CPU with one dispatch per epoch and
+    its minibatches unrolled.
+    """
+    if compiled:
+        return _compiled_epochs(body, statics, carry, n_steps, *data)
+    for i in range(int(np.max(np.asarray(n_steps), initial=0))):
+        carry = _one_epoch(body, statics, i, carry, n_steps, *data)
+    return carry
+
+
+def _convolves_on_cpu(graphdef, params, x) -> bool:
+    """Whether the network (parameters stacked on the ensemble axis) convolves, on the CPU."""
+
+    def primitives(jaxpr):
+        for eqn in jaxpr.eqns:
+            yield eqn.primitive.name
+            for param in eqn.params.values():
+                for sub in param if isinstance(param, tuple | list) else (param,):
+                    inner = getattr(sub, "jaxpr", sub)
+                    if isinstance(inner, jcore.Jaxpr):
+                        yield from primitives(inner)
+
+    jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x[0, :1]))(_take(params, 0)).jaxpr
+    platform = next(iter(jax.tree.leaves(params)[0].devices())).platform
+    return platform == "cpu" and "conv_general_dilated" in set(primitives(jaxpr))
 
 
 def train(
@@ -350,6 +380,8 @@ def train_ensemble(
         params, opt_state = sharding.shard_params((params, opt_state), mesh, leading=1)
         data = tuple(sharding.shard_batch(a, mesh, leading=1) for a in data)
     x_train, y_train, x_test, y_test = data
+    compiled = not _convolves_on_cpu(graphdef, params, x_train)
+    statics = (graphdef, optimizer, batch_size, not compiled)
     last = int(epochs[-1])
     recording = set(epochs.tolist())
     points = sorted(recording | set(range(0, last + 1, eval_every)) | {last})
@@ -367,8 +399,16 @@ def train_ensemble(
         if not active.any():
             break
         n_steps = jnp.asarray(np.where(active, epoch - previous, 0))
-        params, opt_state, finite = _steps(
-            graphdef, optimizer, batch_size, params, opt_state, n_steps, previous, keys, x_train, y_train
+        params, opt_state, finite = _epochs(
+            _training_epoch,
+            statics,
+            (params, opt_state, jnp.ones(count, bool)),
+            n_steps,
+            jnp.full(count, previous),
+            keys,
+            x_train,
+            y_train,
+            compiled=compiled,
         )
         metrics = _metrics(graphdef, params, (x_train, y_train), (x_test, y_test))
         finite = np.asarray(finite) & np.asarray(_all_finite(params)) & np.isfinite(metrics["train_loss"])
@@ -420,11 +460,15 @@ def train_ensemble(
     spans = np.zeros(count, dtype=np.int64)
     for e in finished:
         spans[e] = min(best_epoch[e] + eval_every, stopped[e]) - best_start[e]
-    min_params, offsets, min_losses = _replay(
-        graphdef,
-        optimizer,
-        batch_size,
-        *best_state,
+    first = (
+        best_state[0],
+        jnp.zeros(count, jnp.int32),
+        _evaluate(graphdef, best_state[0], x_test, y_test)[0],
+    )
+    _, _, (min_params, offsets, min_losses) = _epochs(
+        _replay_epoch,
+        statics,
+        (*best_state, first),
         jnp.asarray(spans),
         jnp.asarray(best_start),
         keys,
@@ -432,6 +476,7 @@ def train_ensemble(
         y_train,
         x_test,
         y_test,
+        compiled=compiled,
     )
     min_metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
     offsets, min_losses = np.asarray(offsets), np.asarray(min_losses)
