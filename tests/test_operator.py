@@ -138,13 +138,14 @@ def _parameter_gram_matches(op, chunk: int, tolerance: float) -> None:
     assert relative_error(rhs, j.T @ y.reshape(-1)) < tolerance
 
 
-def test_parameter_gram(case, monkeypatch):
+@pytest.mark.parametrize("name", list(NNX_MODELS))
+def test_parameter_gram(name, monkeypatch):
     from ntkspec import exact
 
-    op, _, dtype = case
-    _parameter_gram_matches(op, 2, TOLERANCE[dtype])
+    module = NNX_MODELS[name](nnx.Rngs(0), dtype=jnp.float64)
+    op = ntkspec.ntk(module, inputs(name, 0, N, jnp.float64))
     monkeypatch.setattr(exact, "GRAM_BYTES", 3000)  # a few samples per host chunk
-    _parameter_gram_matches(op, 2, TOLERANCE[dtype])
+    _parameter_gram_matches(op, 2, 1e-10)
 
 
 def test_parameter_gram_of_transposed_biasless_and_scalar_parameters():

@@ -216,6 +216,7 @@ def two_task_store(tmp_path_factory):
     return config_path, path, cache
 
 
+@pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
 def test_two_processes_on_disjoint_tasks(two_task_store):
     config_path, path, _ = two_task_store
     config = cfg.load_config(config_path, store=str(path))
@@ -231,6 +232,7 @@ def _records_written(path):
     return total
 
 
+@pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
 def test_resume_after_sigkill(two_task_store, tmp_path):
     config_path, reference, cache = two_task_store
     config = cfg.load_config(config_path, store=str(tmp_path / "killed.zarr"))
@@ -259,6 +261,7 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
             np.testing.assert_array_equal(resumed[name][field], arrays[field])
 
 
+@pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
 def test_two_processes_on_the_same_runs(two_task_store, tmp_path):
     """The same command launched twice: each run is trained by one of them, completely, once."""
     config_path, reference, cache = two_task_store
