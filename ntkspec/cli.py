@@ -271,6 +271,32 @@ def plot(
 
 
 @app.command()
+def compare(
+    store_a: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
+    store_b: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
+) -> None:
+    """The power-law exponents two sweeps share (e.g. two depths), and their difference with a 95 % CI."""
+    from ntkspec.experiments.analysis import analyze_store
+    from ntkspec.experiments.analysis import compare as compare_analyses
+
+    console = Console(soft_wrap=True)
+    with _user_errors(console):
+        a, b = analyze_store(store_a), analyze_store(store_b)
+        table = Table(title=f"exponents: A = {store_a.name}, B = {store_b.name}")
+        for column in ("quantity", "A [95 % CI] (range)", "B [95 % CI] (range)", "A − B [95 % CI]"):
+            table.add_column(column)
+
+        def law(fit) -> str:
+            span = f"{fit.x_min:g}-{fit.x_max:g}"
+            return f"{fit.exponent:.3f} [{fit.ci_low:.3f}, {fit.ci_high:.3f}] ({span})"
+
+        for row in compare_analyses(a, b):
+            diff, low, high = row.difference
+            table.add_row(row.quantity, law(row.a), law(row.b), f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+        console.print(table)
+
+
+@app.command()
 def pack(
     store: Annotated[Path, typer.Argument(help="Sweep store folder.", exists=True, file_okay=False)],
     remove: Annotated[bool, typer.Option(help="Delete the folder once the Zip file is written.")] = False,

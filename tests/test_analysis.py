@@ -306,3 +306,27 @@ def test_offset_power_law_recovers_floor_and_exponent():
     plain = fit_power_law(x, y, seed, n_boot=50)
     diff, lo, hi = exponent_difference(fit, plain)
     assert diff == pytest.approx(fit.exponent - plain.exponent) and lo < diff < hi
+
+
+def test_compare_two_sweeps_names_the_shared_exponents(tmp_path, monkeypatch):
+    import functools
+
+    from typer.testing import CliRunner
+
+    from ntkspec.cli import app
+    from ntkspec.experiments import analysis
+    from ntkspec.experiments.analysis import compare
+
+    monkeypatch.setattr(analysis, "analyze_store", functools.partial(analyze_store, n_boot=100))
+
+    small = dict(values=(16, 64, 256, 1024, 4096), seeds=(0, 1), n_records=12)
+    store = write_sweep(tmp_path / "one.zarr", transition=100.0, **small)
+    other = write_sweep(tmp_path / "other.zarr", transition=300.0, **small)
+    a, b = analysis.analyze_store(store), analysis.analyze_store(other)
+    rows = compare(a, b)
+    assert [row.quantity for row in rows] == [name for name in a.fits if name in b.fits]
+    row = next(r for r in rows if r.quantity == "trace_ratio")
+    assert row.difference == exponent_difference(a.fits["trace_ratio"], b.fits["trace_ratio"])
+    result = CliRunner().invoke(app, ["compare", str(store), str(other)], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "trace_ratio" in result.output and f"{row.difference[0]:+.3f}" in result.output

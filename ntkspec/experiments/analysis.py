@@ -25,6 +25,7 @@ from ntkspec.experiments.fits import (
     Ensemble,
     PowerLaw,
     ensemble,
+    exponent_difference,
     fit_breakpoint,
     fit_offset_power_law,
     fit_power_law,
@@ -454,3 +455,25 @@ def _sign(values: np.ndarray) -> float:
     """-1 if the finite values have a negative mean, else +1."""
     finite = values[np.isfinite(values)]
     return -1.0 if finite.size and finite.mean() < 0 else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class Comparison:
+    """A quantity's power law in two sweeps (`a`, `b`, each over its own fitted range) and the
+    difference of their exponents, exponent(a) − exponent(b), with its interval (`fits.exponent_difference`:
+    the seeds of two sweeps are independent)."""
+
+    quantity: str
+    a: PowerLaw
+    b: PowerLaw
+    difference: tuple[float, float, float]
+
+
+def compare(a: Analysis, b: Analysis, level: float = 0.95) -> list[Comparison]:
+    """The exponents of the quantities fitted in both sweeps, compared (e.g. the trace ratio's at two
+    depths, each past its own transition: the reference study finds them equal)."""
+    return [
+        Comparison(name, a.fits[name], b.fits[name], exponent_difference(a.fits[name], b.fits[name], level))
+        for name in a.fits
+        if name in b.fits
+    ]
