@@ -308,8 +308,7 @@ class RunWriter:
         if status not in STATUSES[1:]:
             raise bad_value("status", repr(status), f"one of {STATUSES[1:]}")
         if status in FINISHED:
-            attrs, arrays = read_run(self.path, self.name)
-            parts = read_parts(self.path, self.name)
+            attrs, arrays, parts = read_whole(self.path, self.name)
             written = {
                 "": (arrays, self.records.written),
                 "at_min/": (parts.get("at_min", {}), self.minimum.written if self.minimum else {}),
@@ -367,33 +366,35 @@ def read_run(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray]]:
     Raises `CorruptRunError`, naming the run and the array, when its metadata cannot be read, a chunk
     fails its checksum or does not decompress, or a chunk holding valid records is missing.
     """
-    path = Path(path)
+    attrs, arrays, _ = _read(Path(path), name, ())
+    return attrs, arrays
+
+
+def read_whole(path: str | Path, name: str) -> tuple[dict, dict[str, np.ndarray], dict[str, dict]]:
+    """`read_run`'s attributes and records, and the run's parts (those it has): the `at_min`
+    record, the `trajectory` and the `kernels`, checked alike; the run's metadata read once."""
+    return _read(Path(path), name, ("at_min", "trajectory", "kernels"))
+
+
+def _read(path: Path, name: str, parts: tuple[str, ...]):
     attrs, members = _open(path, name, name)
     keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
     required = _required(attrs) if keys is not None else frozenset()
-    return attrs, _read_arrays(name, name, members, int(attrs.get("n_records", 0)), keys, required)
-
-
-def read_parts(path: str | Path, name: str) -> dict[str, dict[str, np.ndarray]]:
-    """The `at_min` record, the `trajectory` and the `kernels` of run `name` (those it has), checked
-    like `read_run`."""
-    path = Path(path)
-    attrs, _ = _open(path, name, name)
-    keys = _keys(path, f"{name}/") if attrs.get("layout", 1) >= LAYOUT else None
-    parts = {}
-    for part in ("at_min", "trajectory", "kernels"):
+    arrays = _read_arrays(name, name, members, int(attrs.get("n_records", 0)), keys, required)
+    found = {}
+    for part in parts:
         if keys is not None and f"{name}/{part}/zarr.json" not in keys:
             continue
         try:
-            part_attrs, members = _open(path, f"{name}/{part}", name)
+            part_attrs, part_members = _open(path, f"{name}/{part}", name)
         except CorruptRunError:
             if keys is None:  # an older run without this part
                 continue
             raise
         n = int(part_attrs.get("n_steps", part_attrs.get("n_kernels", 1)))
-        required = _required(attrs) if part == "at_min" and keys is not None else frozenset()
-        parts[part] = _read_arrays(name, f"{name}/{part}", members, n, keys, required)
-    return parts
+        needed = required if part == "at_min" else frozenset()
+        found[part] = _read_arrays(name, f"{name}/{part}", part_members, n, keys, needed)
+    return attrs, arrays, found
 
 
 def _open(path: Path, group_path: str, name: str) -> tuple[dict, list]:
@@ -451,8 +452,7 @@ def write_calibration(root: zarr.Group, point: str, result: dict) -> None:
 def verify(path: str | Path, name: str) -> str | None:
     """None if run `name` reads back whole, else what is wrong with it."""
     try:
-        read_run(path, name)
-        read_parts(path, name)
+        read_whole(path, name)
     except CorruptRunError as error:
         return str(error)
     return None
@@ -466,8 +466,7 @@ def pack(path: str | Path, out: str | Path | None = None) -> Path:
     path = Path(path)
     out = Path(out) if out is not None else path.with_name(path.name + ".zip")
     for name in list_runs(path):
-        read_run(path, name)
-        read_parts(path, name)
+        read_whole(path, name)
     with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
         for key in sorted(_keys(path)):
             if not key.startswith(_LOCKS + "/"):
@@ -515,8 +514,8 @@ def open_sweep(path: str | Path) -> xr.Dataset:
     found, unreadable = {}, {}
     for name in list_runs(path):
         try:
-            run_attrs, records = read_run(path, name)
-            found[name] = (run_attrs, {"record": records, **read_parts(path, name)})
+            run_attrs, records, parts = read_whole(path, name)
+            found[name] = (run_attrs, {"record": records, **parts})
         except CorruptRunError as error:
             try:
                 group = zarr.open_group(_zarr_store(path), path=name, mode="r", zarr_format=3)
