@@ -29,7 +29,6 @@ PUBLISHED = {
     "source": "Lee et al. 2018, Table 1, MNIST:1k, ReLU NNGP (tuned depth, σ_w², σ_b²)",
     "accuracy": 0.928,
 }
-RIDGES = (1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,6 +49,7 @@ def main(argv: list[str] | None = None) -> None:
 
     jax.config.update("jax_enable_x64", True)
     from ntkspec import data, infinite, regression
+    from ntkspec.experiments.config import SweepConfig
 
     start = time.perf_counter()
     dataset = data.load("mnist", args.data_dir)
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
             }
             mean = float(jnp.mean(jnp.diagonal(train)))
             scores = []
-            for rho in RIDGES:
+            for rho in SweepConfig.kernel_ridges:  # the sweeps' grid
                 fitted = regression.fit(train, y, ridge=rho * mean)
                 accuracy = {
                     part: float(np.mean(np.asarray(jnp.argmax(fitted.predict(k), 1)) == labels[parts[part]]))
