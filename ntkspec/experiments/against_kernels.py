@@ -19,7 +19,7 @@ Regression, as Vyas, Bansal & Nakkiran ("Limitations of the NTK for understandin
 deep learning", 2022): targets Y = one-hot − 1/C (−0.1 / 0.9 for C = 10: zero mean over the classes,
 as Lee et al. 2018 and `benchmarks/kernel_regression_mnist`), the kernel predictor
 f̂(x*) = K(x*, X)(K + λI)⁻¹ y (no f₀ offset) with λ = ρ · tr K / rows, ρ chosen among
-`kernel_ridges` (by default the grid 1e-8 … 1 of `benchmarks/kernel_regression_mnist`) by the MSE
+`kernel_ridges` (by default 1e-8 … 1, which `benchmarks/kernel_regression_mnist` uses too) by the MSE
 on the run's NTK batch, which is held out from both training and test sets; one ρ is used as given.
 A ridge matters for the eNTK of a small network: its kernel has rank <= P, and near N·C ≈ P a
 near-ridgeless fit is the interpolation peak of double descent.
