@@ -381,7 +381,10 @@ def infinite_figure(analysis: Analysis) -> Figure:
         ax.set_xscale(_x_scale(analysis))
         ax.set_yscale("log")
         ax.set_xlabel(analysis.sweep.swept.label)
-        ax.legend(loc="lower left", fontsize=6.5, handlelength=1.2)
+        # Below the panel: the points span the whole plot at both ends.
+        ax.legend(
+            loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=6.5, handlelength=1.2, frameon=False
+        )
     _tidy(axes)
     return figure
 
