@@ -6,9 +6,9 @@ once into its graph definition and parameters (`nnx.split`), so a step is a pure
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
 `lax.scan` would recompile for every distinct gap length). A network with convolutions on the CPU
 runs its epochs one dispatch each instead (`_epochs`: XLA:CPU convolves 25 times slower inside a
-loop). At each recording epoch the trainer
-evaluates the loss and accuracy on the training and test sets and hands them, with the network, to
-the `measure` callback (`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
+loop). At each recording epoch the trainer evaluates the loss and accuracy on the training and test
+sets and hands them, with the network, to the `measure` callback
+(`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
 
 A loss that becomes NaN or Inf ends the run with status "diverged" and advice, never an exception:
 one bad width must not stop a sweep (failures are data, as in lineax's `RESULTS`).
@@ -106,11 +106,15 @@ def record_epochs(epochs: int, n_records: int, spacing: str = "log") -> np.ndarr
     return np.unique(np.clip(np.round(points).astype(np.int64), 0, epochs))
 
 
+def _loss(logits, y, weights=None):
+    """Softmax cross-entropy: the mean over the samples, or its `weights`-weighted mean."""
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
+    return jnp.mean(losses) if weights is None else jnp.sum(weights * losses) / jnp.sum(weights)
+
+
 def _loss_and_accuracy(graphdef, params, x, y):
     logits = nnx.merge(graphdef, params)(x)
-    loss = jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y))
-    accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == y)
-    return loss, accuracy
+    return _loss(logits, y), jnp.mean(jnp.argmax(logits, axis=-1) == y)
 
 
 # Every compiled program below maps one network's computation over the ensemble axis (axis 0 of
@@ -135,12 +139,7 @@ def _step(graphdef, optimizer, params, opt_state, x, y, weights=None):
     """One optimizer step of one network on (x, y), the loss weighted by `weights` (None: the plain
     mean): the loss before the step, the parameters and state after."""
 
-    def loss(p):
-        logits = nnx.merge(graphdef, p)(x)
-        losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
-        return jnp.mean(losses) if weights is None else jnp.sum(weights * losses) / jnp.sum(weights)
-
-    value, grads = jax.value_and_grad(loss)(params)
+    value, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p)(x), y, weights))(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return value, optax.apply_updates(params, updates), opt_state
 
