@@ -5,7 +5,7 @@ once into its graph definition and parameters (`nnx.split`), so a step is a pure
 (params, opt_state) -> (params, opt_state) that `jax.lax.fori_loop` repeats. The trip count is a
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
 `lax.scan` would recompile for every distinct gap length). A network with convolutions on the CPU
-runs its epochs one dispatch each instead (`_epochs`: XLA:CPU convolves 25 times slower inside a
+runs its epochs one dispatch each instead (`_epochs`: XLA:CPU convolves about 18 times slower inside a
 loop). At each recording epoch the trainer evaluates the loss and accuracy on the training and test
 sets and hands them, with the network, to the `measure` callback
 (`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
@@ -219,10 +219,10 @@ def _one_epoch(body, statics, i, carry, n_steps, *data):
 def _epochs(body, statics, carry, n_steps, *data, compiled: bool = True):
     """`_compiled_epochs`, or (compiled False) its epochs dispatched one by one from Python.
 
-    XLA:CPU runs a convolution inside a loop body (`while`) about 25 times slower than outside one
-    (jax-ml/jax#12868; measured here on the noise experiment's CNN: an epoch of 16 minibatches takes
-    0.75 s unrolled, 19 s inside a loop), so a CNN trains on the CPU with one dispatch per epoch and
-    its minibatches unrolled.
+    XLA:CPU runs a convolution inside a loop body (`while`) far slower than outside one
+    (jax-ml/jax#12868; `benchmarks/conv_loop.py`, the noise experiment's CNN: 1.75 s per epoch of 16
+    minibatches dispatched one by one, 32 s inside the loop), so a CNN trains on the CPU with one
+    dispatch per epoch and its minibatches unrolled.
     """
     if compiled:
         return _compiled_epochs(body, statics, carry, n_steps, *data)
