@@ -68,6 +68,7 @@ def sweep(
         bool, typer.Option(help="Analyse and plot the store once the whole sweep is complete.")
     ] = True,
     figures: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
+    formats: Annotated[str, typer.Option(help=FORMATS_HELP)] = "png,pdf",
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
     mesh: Annotated[str | None, typer.Option(help=MESH_HELP)] = None,
     distributed: Annotated[
@@ -115,7 +116,7 @@ def sweep(
     if analyze:
         with _user_errors(console):
             analysis = _analyze(summary.store, None, console)
-            _plot(summary.store, figures or _default_figures(summary.store), console, analysis)
+            _plot(summary.store, figures or _default_figures(summary.store), formats, console, analysis)
 
 
 @contextlib.contextmanager
@@ -161,12 +162,20 @@ def _analyze(store: Path, out_dir: Path | None, console: Console, wide: bool = F
     return analysis
 
 
-def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
+def _formats(text: str) -> tuple[str, ...]:
+    """'png,pdf' -> ('png', 'pdf'): the figure formats of --formats."""
+    formats = tuple(part.strip().lower() for part in text.split(",") if part.strip())
+    if not formats:
+        raise typer.BadParameter(f"expected formats separated by commas, got {text!r}", param_hint="--formats")
+    return formats
+
+
+def _plot(store: Path, out_dir: Path, formats: str, console: Console, analysis=None) -> None:
     from ntkspec.experiments.analysis import analyze_store
     from ntkspec.experiments.plots import missing_figures, plot_store
 
     analysis = analysis if analysis is not None else analyze_store(store)
-    paths = plot_store(store, out_dir, analysis=analysis)
+    paths = plot_store(store, out_dir, analysis=analysis, formats=_formats(formats))
     console.print(f"Figures ({len(paths)}) in {Path(out_dir).resolve()}:")
     for path in paths:
         console.print(f"  {path}")
@@ -176,6 +185,7 @@ def _plot(store: Path, out_dir: Path, console: Console, analysis=None) -> None:
 
 
 STORE_HELP = "Sweep store: a .zarr folder or a packed .zarr.zip."
+FORMATS_HELP = "Figure formats, comma-separated (any matplotlib writes: png, pdf, svg, ...)."
 MESH_HELP = "Device mesh, e.g. data=4,model=2 ('all': every device on data)."
 
 
@@ -263,11 +273,12 @@ def analyze(
 def plot(
     store: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
     out_dir: Annotated[Path | None, typer.Option(help="Figure folder (default next to store).")] = None,
+    formats: Annotated[str, typer.Option(help=FORMATS_HELP)] = "png,pdf",
 ) -> None:
     """Figures of a sweep store."""
     console = Console(soft_wrap=True)
     with _user_errors(console):
-        _plot(store, out_dir or _default_figures(store), console)
+        _plot(store, out_dir or _default_figures(store), formats, console)
 
 
 @app.command()

@@ -25,7 +25,7 @@ def test_sweep_command_runs_analyzes_plots_and_resumes(tmp_path):
     path = tmp_path / "out" / "tiny.zarr"
     runner = CliRunner()
     args = ["sweep", str(config), "--widths", "4,8", "--epochs", "6", "--store", str(path)]
-    result = runner.invoke(app, [*args, "--no-progress"])
+    result = runner.invoke(app, [*args, "--no-progress", "--formats", "png"])
     assert result.exit_code == 0, result.output
     assert store.list_runs(path) == ["w4_s0", "w8_s0"]
     attrs, arrays = store.read_run(path, "w4_s0")
@@ -33,6 +33,7 @@ def test_sweep_command_runs_analyzes_plots_and_resumes(tmp_path):
     assert "2 run(s) trained" in result.output and "Store:" in result.output
     figures = sorted((tmp_path / "out" / "tiny-figures").glob("*.png"))
     assert figures and all(str(f) in result.output for f in figures)
+    assert not list((tmp_path / "out" / "tiny-figures").glob("*.pdf"))  # --formats png
     assert (tmp_path / "out" / "tiny.table.csv").is_file() and "width sweep, 2 runs" in result.output
 
     again = runner.invoke(app, [*args, "--no-progress", "--no-analyze"])

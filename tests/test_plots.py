@@ -47,3 +47,5 @@ def test_plot_store_without_complete_runs(tmp_path):
     zarr.open_group(str(store / "w16_s0"), mode="r+").attrs["status"] = "diverged"
     with pytest.raises(ValueError, match="complete run"):
         plot_store(store, tmp_path / "figures")
+    with pytest.raises(ValueError, match=r"`formats`: got \['png', 'tex'\], expected figure formats"):
+        plot_store(store, tmp_path / "figures", formats=("png", "tex"))

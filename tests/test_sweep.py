@@ -169,6 +169,14 @@ def test_sweep_writes_store_xarray_reads_it_and_rerun_skips(tiny_config, tmp_pat
     other = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, lr=0.1, store=config.store)
     with pytest.raises(ValueError, match="lr: 0.01 there, 0.1 now"):
         sweep.run_sweep(other)
+    # More seeds grow the store (its finished seeds kept); fewer are refused.
+    more = cfg.load_config(tiny_config, widths=[4, 8], seeds=2, store=config.store)
+    grown = sweep.run_sweep(more)
+    assert set(grown.done) == {"w4_s1", "w8_s1"} and set(grown.skipped) == {"w4_s0", "w8_s0"}
+    assert zarr.open_group(str(config.store_path), mode="r").attrs["config"]["seeds"] == 2
+    fewer = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, store=config.store)
+    with pytest.raises(ValueError, match="seeds: 2 there, 1 now"):
+        sweep.run_sweep(fewer)
 
 
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):

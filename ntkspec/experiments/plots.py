@@ -71,6 +71,10 @@ def plot_store(
     `formats`, less those `missing_figures` names (a store recorded before their quantities were);
     returns the paths written.
     """
+    supported = Figure().canvas.get_supported_filetypes()
+    unknown = [fmt for fmt in formats if fmt not in supported]
+    if unknown or not formats:
+        raise bad_value("formats", list(formats), f"figure formats matplotlib writes: {', '.join(supported)}")
     analysis = analysis if analysis is not None else analyze_store(path)
     if not analysis.runs:
         raise bad_value(

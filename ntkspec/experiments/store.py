@@ -103,7 +103,9 @@ def open_store(
     The root's attributes hold `config`, package versions and the creation time. An existing store must
     have been created from the same config (the keys in `ignore` aside: where the data and the store
     are, and whether seeds train as one ensemble, none of which changes the numbers): otherwise its
-    runs would mix two experiments, and a `ValueError` says which keys differ.
+    runs would mix two experiments, and a `ValueError` says which keys differ. The one change allowed
+    is more `seeds`: seeds are independent runs, so the store grows to the new count, its finished
+    seeds kept.
     """
     path = Path(path).expanduser()
     if zipfile.is_zipfile(path):
@@ -128,7 +130,10 @@ def open_store(
     stored = root.attrs.get("config", {})
     keys = (set(stored) | set(config)) - set(ignore)
     differ = sorted(k for k in keys if stored.get(k) != config.get(k))
-    if differ:
+    if differ == ["seeds"] and config["seeds"] > stored["seeds"]:
+        with _lock(path, "root"):
+            root.attrs["config"] = {**stored, "seeds": config["seeds"]}
+    elif differ:
         shown = ", ".join(f"{k}: {stored.get(k)!r} there, {config.get(k)!r} now" for k in differ)
         raise bad_value(
             "store",
