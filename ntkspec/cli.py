@@ -166,7 +166,8 @@ def _formats(text: str) -> tuple[str, ...]:
     """'png,pdf' -> ('png', 'pdf'): the figure formats of --formats."""
     formats = tuple(part.strip().lower() for part in text.split(",") if part.strip())
     if not formats:
-        raise typer.BadParameter(f"expected formats separated by commas, got {text!r}", param_hint="--formats")
+        message = f"expected formats separated by commas, got {text!r}"
+        raise typer.BadParameter(message, param_hint="--formats")
     return formats
 
 

@@ -135,15 +135,6 @@ def _training(mesh, set_mesh=None):
     return records, result
 
 
-def test_training_and_spectra_match_single_device():
-    results = {"single": _training(None)[0], "sharded": _training(make_mesh("data=4,model=2"))[0]}
-    for a, b in zip(results["sharded"], results["single"], strict=True):
-        fields = ("train_loss", "test_loss", "trace", "entropy", "cosine_effective_rank", "init_alignment")
-        for field in fields:
-            assert getattr(a, field) == pytest.approx(getattr(b, field), rel=RTOL), field
-        _close(a.top_eigenvalues, b.top_eigenvalues)
-
-
 def test_stochastic_spectrum_matches_single_device():
     module = NNX_MODELS["relu_mlp"](nnx.Rngs(0), width=16)
     x = inputs("relu_mlp", 0, 30, jnp.float32)  # 90 rows; 30 samples on a data axis of 4: uneven
@@ -263,12 +254,15 @@ def _same_training(run, reference):
         _close(a, b)
 
 
+# The training tests share `_training(None)`, the single-device run: one worker runs them all.
+@pytest.mark.xdist_group("sharded_training")
 @pytest.mark.parametrize("kind", MESHES)
 def test_training_on_any_mesh_matches_single_device(kind):
     # The Auto meshes are make_mesh's own (JAX interns meshes): their run is the one above.
     _same_training(_training(MESHES[kind]()), _training(None))
 
 
+@pytest.mark.xdist_group("sharded_training")
 def test_training_on_the_mesh_set_with_jax_set_mesh():
     run = _training(None, set_mesh=MESHES["make_mesh-explicit"]())
     _same_training(run, _training(None))
