@@ -91,6 +91,7 @@ def sweep(
             store=None if store is None else str(store),
             data_dir=None if data_dir is None else str(data_dir),
         )
+        figure_formats = _formats(formats)
         with _progress_bar(console, enabled=progress) as report:
             summary = run_sweep(cfg, task=task, progress=report, mesh=_mesh(mesh, distributed))
     console.print(
@@ -116,7 +117,9 @@ def sweep(
     if analyze:
         with _user_errors(console):
             analysis = _analyze(summary.store, None, console)
-            _plot(summary.store, figures or _default_figures(summary.store), formats, console, analysis)
+            _plot(
+                summary.store, figures or _default_figures(summary.store), figure_formats, console, analysis
+            )
 
 
 @contextlib.contextmanager
@@ -163,20 +166,20 @@ def _analyze(store: Path, out_dir: Path | None, console: Console, wide: bool = F
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    """'png,pdf' -> ('png', 'pdf'): the figure formats of --formats."""
+    """'png,pdf' -> ('png', 'pdf'): the figure formats of --formats, checked (before any training)."""
+    from ntkspec.experiments.plots import check_formats
+
     formats = tuple(part.strip().lower() for part in text.split(",") if part.strip())
-    if not formats:
-        message = f"expected formats separated by commas, got {text!r}"
-        raise typer.BadParameter(message, param_hint="--formats")
+    check_formats(formats)
     return formats
 
 
-def _plot(store: Path, out_dir: Path, formats: str, console: Console, analysis=None) -> None:
+def _plot(store: Path, out_dir: Path, formats: tuple[str, ...], console: Console, analysis=None) -> None:
     from ntkspec.experiments.analysis import analyze_store
     from ntkspec.experiments.plots import missing_figures, plot_store
 
     analysis = analysis if analysis is not None else analyze_store(store)
-    paths = plot_store(store, out_dir, analysis=analysis, formats=_formats(formats))
+    paths = plot_store(store, out_dir, analysis=analysis, formats=formats)
     console.print(f"Figures ({len(paths)}) in {Path(out_dir).resolve()}:")
     for path in paths:
         console.print(f"  {path}")
@@ -279,7 +282,7 @@ def plot(
     """Figures of a sweep store."""
     console = Console(soft_wrap=True)
     with _user_errors(console):
-        _plot(store, out_dir or _default_figures(store), formats, console)
+        _plot(store, out_dir or _default_figures(store), _formats(formats), console)
 
 
 @app.command()

@@ -59,6 +59,13 @@ def test_sweep_command_reports_bad_input(tmp_path):
     assert result.exit_code == 2 and "`lr`: got -1.0, expected a positive number" in result.output
     result = CliRunner().invoke(app, ["sweep", str(config), "--widths", "8,x"])
     assert result.exit_code == 2 and "--widths" in result.output
+    good = tmp_path / "good.toml"
+    good.write_text(TINY)
+    result = CliRunner().invoke(
+        app, ["sweep", str(good), "--store", str(tmp_path / "f.zarr"), "--formats", "png,tex"]
+    )
+    assert result.exit_code == 2 and "`formats`: got ['png', 'tex']" in result.output
+    assert not (tmp_path / "f.zarr").exists()  # refused before any training
     result = CliRunner().invoke(app, ["sweep", "nope.toml"])
     assert result.exit_code == 2 and "built-in config name" in result.output
     result = CliRunner().invoke(app, ["analyze", str(tmp_path / "missing.zarr")])

@@ -71,10 +71,7 @@ def plot_store(
     `formats`, less those `missing_figures` names (a store recorded before their quantities were);
     returns the paths written.
     """
-    supported = Figure().canvas.get_supported_filetypes()
-    unknown = [fmt for fmt in formats if fmt not in supported]
-    if unknown or not formats:
-        raise bad_value("formats", list(formats), f"figure formats matplotlib writes: {', '.join(supported)}")
+    check_formats(formats)
     analysis = analysis if analysis is not None else analyze_store(path)
     if not analysis.runs:
         raise bad_value(
@@ -107,6 +104,13 @@ def plot_store(
                 figure.savefig(target, dpi=dpi, format=fmt)
                 written.append(target)
     return written
+
+
+def check_formats(formats: Sequence[str]) -> None:
+    """Raise a `ValueError` naming `formats` unless it is a non-empty list of formats matplotlib writes."""
+    supported = Figure().canvas.get_supported_filetypes()
+    if not formats or any(fmt not in supported for fmt in formats):
+        raise bad_value("formats", list(formats), f"figure formats matplotlib writes: {', '.join(supported)}")
 
 
 # ---------------------------------------------------------------------------------- dynamics

@@ -126,14 +126,14 @@ def open_store(
                     "created": datetime.datetime.now(datetime.UTC).isoformat(),
                 },
             )
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    stored = root.attrs.get("config", {})
-    keys = (set(stored) | set(config)) - set(ignore)
-    differ = sorted(k for k in keys if stored.get(k) != config.get(k))
-    if differ == ["seeds"] and config["seeds"] > stored["seeds"]:
-        with _lock(path, "root"):
+        root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+        stored = root.attrs.get("config", {})
+        keys = (set(stored) | set(config)) - set(ignore)
+        differ = sorted(k for k in keys if stored.get(k) != config.get(k))
+        if differ == ["seeds"] and config["seeds"] > stored["seeds"]:  # read and grown under the lock
             root.attrs["config"] = {**stored, "seeds": config["seeds"]}
-    elif differ:
+            differ = []
+    if differ:
         shown = ", ".join(f"{k}: {stored.get(k)!r} there, {config.get(k)!r} now" for k in differ)
         raise bad_value(
             "store",
