@@ -89,16 +89,24 @@ def _tiny_sweep(folder):
     return config, path
 
 
-def test_sweep_with_kernels_through_sweep_analyze_and_plot(tmp_path):
-    # One sweep serves both halves (as a module fixture it would run once per xdist worker).
-    config_path, path = _tiny_sweep(tmp_path)
+def test_sweep_with_kernels_through_sweep_analyze_and_plot(tmp_path, monkeypatch):
+    # One sweep serves both halves (as a module fixture it would run once per xdist worker). It
+    # trains the size-k run itself, so it never trains it again for the pretrained kernel.
+    def no_retraining(*args):
+        raise AssertionError("the sweep trained the size-k run again")
 
-    # The pretrained network is the size-k run trained again.
+    monkeypatch.setattr(against_kernels, "_train_pretrained", no_retraining)
+    config_path, path = _tiny_sweep(tmp_path)
+    monkeypatch.undo()
+
+    # The pretrained network is the size-k run trained again (once: `known` keeps it).
     config = cfg.load_config(config_path, store=str(path))
     digits = data.load("digits")
     run = next(r for r in cfg.runs(config) if r.n_train == 20 and r.seed == 0)
-    network, why = against_kernels.pretrained_network(config, run, digits, lambda _: {})  # lr fixed
-    assert why == ""
+    known = {}
+    network, why = against_kernels.pretrained_network(config, run, digits, lambda _: {}, known)  # lr fixed
+    assert why == "" and known == {run.name: (network, "")}
+    assert against_kernels.pretrained_network(config, run, digits, lambda _: {}, known)[0] is network
     source = run  # size k: for larger sizes the same nested training set's first k samples
     split = cfg.run_split(config, source, digits)
     separate = train(
@@ -125,6 +133,8 @@ def test_sweep_with_kernels_through_sweep_analyze_and_plot(tmp_path):
     fitted = error.where(dataset["kernel_status"] == "fitted")
     assert np.isfinite(fitted).sum() == 9 and ((fitted >= 0) & (fitted <= 1)).sum() == 9
     assert set(dataset["kernel_method"].sel(data_size=20, kernel="final").values) == {"dual"}
+    at_k = dataset["kernel_test_mse"].sel(data_size=20)  # the sweep's own size-k network, reused
+    np.testing.assert_array_equal(at_k.sel(kernel="pretrained"), at_k.sel(kernel="final"))
 
     result = CliRunner().invoke(app, ["analyze", str(path), "--out-dir", str(tmp_path)])
     assert result.exit_code == 0, result.output

@@ -6,9 +6,10 @@ the run's test set, with
 
 * "init": the eNTK K₀ = J₀ J₀ᵀ of the run's network at initialisation;
 * "pretrained": the eNTK of the same seed's network trained by the same protocol on the first
-  k = `pretrained_samples` samples of its nested training set: the run of size k and this seed,
-  trained again (its split, initialisation, calibrated learning rate, epochs and patience), at its
-  minimum test loss; fitted for n >= k only (status "n < k" below);
+  k = `pretrained_samples` samples of its nested training set: the run of size k and this seed (its
+  split, initialisation, calibrated learning rate, epochs and patience), at its minimum test loss:
+  the sweep's own training of it where this process did that, else that run trained again, once per
+  process; fitted for n >= k only (status "n < k" below);
 * "final": the eNTK of the run's network at its minimum test loss (`TrainResult.min_model`, the
   trained network of the study's protocol; the same choice as for "pretrained");
 * "ntk_infinite": the width-aware infinite-width NTK K∞ ⊗ I_C of the MLP with the run's widths,
@@ -60,7 +61,7 @@ from jax.flatten_util import ravel_pytree
 from ntkspec import exact, infinite
 from ntkspec.data import Split
 from ntkspec.experiments.config import Run, SweepConfig, run_model, run_split, runs
-from ntkspec.experiments.train import config_optimizer, record_epochs, train
+from ntkspec.experiments.train import TrainResult, config_optimizer, record_epochs, train
 from ntkspec.model import adapt
 
 #: Jacobian entries computed per chunk of samples (float32: 128 MiB).
@@ -188,15 +189,28 @@ def infinite_regression(kernel: str, split: Split, widths: tuple[int, ...], rhos
 
 
 def pretrained_network(
-    config: SweepConfig, run: Run, dataset, calibrate: Callable[[Run], dict]
+    config: SweepConfig,
+    run: Run,
+    dataset,
+    calibrate: Callable[[Run], dict],
+    known: dict[str, tuple[nnx.Module | None, str]] | None = None,
 ) -> tuple[nnx.Module | None, str]:
-    """(the at-minimum network of the run of size k = `pretrained_samples` and `run`'s seed, "") by
-    training it again as `sweep` trains it; (None, why) where that size is uncalibrated or diverged.
+    """(the at-minimum network of the run of size k = `pretrained_samples` and `run`'s seed, "");
+    (None, why) where that size is uncalibrated or diverged.
 
-    `calibrate(run)` gives a run's learning-rate calibration (`sweep.calibrate`: the stored one, or a
-    new one) where the config's lr is "calibrate".
+    `known` maps run names to such outcomes already in hand (the sweep puts its size-k runs there);
+    a run not in it is trained again as `sweep` trains it, and its outcome added. `calibrate(run)`
+    gives a run's learning-rate calibration (`sweep.calibrate`: the stored one, or a new one) where
+    the config's lr is "calibrate".
     """
     source = next(r for r in runs(config) if r.seed == run.seed and r.n_train == config.pretrained_samples)
+    known = {} if known is None else known
+    if source.name not in known:
+        known[source.name] = _train_pretrained(config, source, dataset, calibrate)
+    return known[source.name]
+
+
+def _train_pretrained(config, source: Run, dataset, calibrate) -> tuple[nnx.Module | None, str]:
     lr = config.lr
     if lr == "calibrate":
         calibration = calibrate(source)
@@ -214,6 +228,11 @@ def pretrained_network(
         batch_size=config.batch_size,
         order=source.order_key(),
     )
+    return trained_outcome(source, result)
+
+
+def trained_outcome(source: Run, result: TrainResult) -> tuple[nnx.Module | None, str]:
+    """What `pretrained_network` gives for the size-k run `source` trained into `result`."""
     if result.status != "complete":
         return None, f"training on k = {source.n_train} samples {result.message}"
     return result.min_model, ""
@@ -226,10 +245,11 @@ def evaluate(
     network: nnx.Module,
     dataset,
     calibrate: Callable[[Run], dict],
+    known: dict[str, tuple[nnx.Module | None, str]] | None = None,
 ) -> dict[str, np.ndarray]:
     """Kernel regression of the run with every kernel of `config.kernels`; arrays over the kernels.
 
-    `network` is the run's trained network (at its minimum test loss); `calibrate` as in
+    `network` is the run's trained network (at its minimum test loss); `calibrate` and `known` as in
     `pretrained_network`. A kernel that fails (a Cholesky that breaks down, memory) is recorded with
     its error as status and NaN scores.
     """
@@ -255,7 +275,7 @@ def evaluate(
             if name == "pretrained" and run.n_train < config.pretrained_samples:
                 status = "n < k"
             elif name == "pretrained":
-                model, why = pretrained_network(config, run, dataset, calibrate)
+                model, why = pretrained_network(config, run, dataset, calibrate, known)
                 fit = entk_regression(model, split, config.kernel_ridges) if model is not None else None
                 status = why or status
             elif name in ("init", "final"):

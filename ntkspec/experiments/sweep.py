@@ -104,6 +104,7 @@ def run_sweep(
     dataset = data.load(config.dataset, config.data_dir) if todo else None
     epochs = record_epochs(config.epochs, config.n_records, config.spacing)
     done, skipped, busy, diverged, failed = [], [], [], [], []
+    pretrained: dict = {}  # the size-k networks of `against_kernels.pretrained_network`, per run name
 
     def record(rec, *, writer, run, number) -> None:
         writer.append(rec)
@@ -130,7 +131,9 @@ def run_sweep(
                 continue
             first = len(done) + len(failed) + 1
             calibration = calibrate(config, claimed[0], dataset, root) if config.lr == "calibrate" else None
-            statuses = _train_runs(config, claimed, first, dataset, epochs, root, record, mesh, calibration)
+            statuses = _train_runs(
+                config, claimed, first, dataset, epochs, root, record, mesh, calibration, pretrained
+            )
             for run, status in zip(claimed, statuses, strict=True):
                 (failed if status == "failed" else done).append(run.name)
                 if status == "diverged":
@@ -149,9 +152,12 @@ def run_sweep(
     )
 
 
-def _train_runs(config, group, first, dataset, epochs, root, record, mesh, calibration) -> list[str]:
+def _train_runs(
+    config, group, first, dataset, epochs, root, record, mesh, calibration, pretrained
+) -> list[str]:
     """Train and measure the runs of `group` (seeds of one swept value) as one ensemble, each into a
-    fresh writer, the runs numbered from `first` for `record`; their final statuses."""
+    fresh writer, the runs numbered from `first` for `record`; their final statuses. Runs of size
+    `pretrained_samples` leave their outcome in `pretrained` for the larger sizes' regressions."""
     lr = config.lr if calibration is None else calibration["lr"]
     writers = [store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k) for run in group]
     if calibration is not None and calibration["status"] != "calibrated":
@@ -189,9 +195,20 @@ def _train_runs(config, group, first, dataset, epochs, root, record, mesh, calib
         for writer in writers:
             writer.finish("failed", f"{type(error).__name__}: {error}{advice}")
         return ["failed"] * len(group)
+    for run, result in zip(group, results, strict=True):
+        if config.kernels and run.n_train == config.pretrained_samples:
+            pretrained[run.name] = against_kernels.trained_outcome(run, result)
     calibrated = functools.partial(calibrate, config, dataset=dataset, root=root)
     regressions = [  # the network against its kernels (`against_kernels`), after its training
-        functools.partial(against_kernels.evaluate, config, run, split, dataset=dataset, calibrate=calibrated)
+        functools.partial(
+            against_kernels.evaluate,
+            config,
+            run,
+            split,
+            dataset=dataset,
+            calibrate=calibrated,
+            known=pretrained,
+        )
         if config.kernels
         else None
         for run, split in zip(group, splits, strict=True)
