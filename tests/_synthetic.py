@@ -5,7 +5,8 @@ Width (or data size) w, seed s: min test loss = 2 w^-1/2, trace ratio = 1.5 min(
 effective rank at the minimum = 4 min(w, w*)^0.5, with w* = `transition`; multiplicative log-normal
 noise of scale `noise` per run. With `motion`, also how the kernel moves: ‖K − K∞‖/‖K∞‖ = 3 w^-1/2
 at initialisation, doubling over the run, A(K, K∞) = 1 − d²/2, 1 − A(K₀, K) and the kernel velocity
-∝ w^-1/2, a kernel-regression test error falling from 0.5 to 0.3.
+∝ w^-1/2, a kernel-regression test error falling from 0.5 to 0.3, a label alignment rising from
+0.04 to 0.05 and an eigenvector rotation falling from 0.2 to 0.1 (App. E.3).
 """
 
 from __future__ import annotations
@@ -67,6 +68,8 @@ MOTION = (
     "infinite_distance",
     "infinite_alignment",
     "regression_error",
+    "label_alignment",
+    "eigenvector_rotation",
 )
 
 
@@ -83,6 +86,8 @@ def motion_curves(width: float, rng: np.random.Generator, n_records: int, noise:
         "infinite_distance": distance,
         "infinite_alignment": 1.0 - 0.5 * distance**2,
         "regression_error": 0.5 - 0.2 * progress,
+        "label_alignment": 0.04 + 0.01 * progress,
+        "eigenvector_rotation": np.where(progress > 0, 0.2 - 0.1 * progress, np.nan),
     }
 
 

@@ -146,16 +146,21 @@ def test_summaries_fits_and_figures_of_a_store_with_the_fields(tmp_path):
     assert summary.infinite_misalignment0 == pytest.approx(1 - run.records["infinite_alignment"][0])
     assert summary.infinite_distance_at_min == run.records["infinite_distance"][summary.min_index]
     assert summary.regression_error_at_min == run.records["regression_error"][summary.min_index]
+    assert summary.label_alignment0 == run.records["label_alignment"][0] == 0.04
+    assert summary.label_alignment_at_min == run.records["label_alignment"][summary.min_index]
     fits = analysis.fits
     assert fits["infinite_distance0"].exponent == pytest.approx(-0.5, abs=0.05)  # as written
     assert fits["infinite_misalignment_at_min"].exponent == pytest.approx(-1.0, abs=0.1)
     assert "infinite_distance0" in analysis.table.columns and "trace_ratio" in analysis.table.columns
-    assert "kernel_velocity" in next(iter(analysis.dynamics.values()))
+    curves = next(iter(analysis.dynamics.values()))  # seed means of the two seeds' curves
+    np.testing.assert_allclose(curves["label_alignment"], run.records["label_alignment"])
+    np.testing.assert_allclose(curves["eigenvector_rotation"][1:], run.records["eigenvector_rotation"][1:])
+    assert "kernel_velocity" in curves
     assert not missing_figures(analysis)
     paths = plot_store(path, tmp_path / "figures", analysis=analysis, formats=("png",))
     names = {p.name for p in paths}
-    assert {"motion-kernel-motion.png", "motion-infinite.png"} <= names
-    assert all(p.stat().st_size > 10_000 for p in paths) and len(paths) == 5
+    assert {"motion-kernel-motion.png", "motion-infinite.png", "motion-alignment.png"} <= names
+    assert all(p.stat().st_size > 10_000 for p in paths) and len(paths) == 6
 
 
 def test_an_older_store_without_the_fields_opens_and_analyses(tmp_path):

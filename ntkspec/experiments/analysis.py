@@ -336,7 +336,8 @@ def _dynamics(
 ) -> dict[float, dict[str, np.ndarray]]:
     """Seed means per swept value, at the epochs all its runs recorded: trace, effective rank,
     ln train loss (non-positive losses left out), the adaptation rate, the kernel velocity, the
-    kernel's movement 1 − A(K₀, K) and the kernel-regression test error (NaN where not recorded)."""
+    kernel's movement 1 − A(K₀, K), the kernel-regression test error, the label alignment
+    A(K, yyᵀ) and the eigenvector rotation since the previous record (NaN where not recorded)."""
     groups: dict[float, list[Run]] = {}
     for run in sorted(runs, key=lambda r: float(r.attrs[x_name])):
         groups.setdefault(float(run.attrs[x_name]), []).append(run)
@@ -353,6 +354,8 @@ def _dynamics(
             "kernel_velocity": [],
             "kernel_motion": [],
             "regression_error": [],
+            "label_alignment": [],
+            "eigenvector_rotation": [],
         }
         for run in members:
             rec = run.records
@@ -368,7 +371,8 @@ def _dynamics(
             missing = np.full(rec["epoch"].shape, np.nan)
             columns["kernel_velocity"].append(rec.get("kernel_velocity", missing)[at])
             columns["kernel_motion"].append(1.0 - rec.get("init_alignment", missing)[at])
-            columns["regression_error"].append(rec.get("regression_error", missing)[at])
+            for key in ("regression_error", "label_alignment", "eigenvector_rotation"):
+                columns[key].append(rec.get(key, missing)[at])
         mean = {key: nanmean(np.stack(column), axis=0) for key, column in columns.items()}
         mean["epoch"] = np.asarray(epochs, dtype=np.float64)
         mean["min_epoch"] = np.array(np.mean([summaries[run.name].min_epoch for run in members]))

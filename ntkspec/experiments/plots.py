@@ -66,8 +66,9 @@ def plot_store(
 ) -> list[Path]:
     """Analyse the sweep at `path` (unless `analysis` is given) and write its figures to `out_dir`.
 
-    Writes `<store>-dynamics`, `<store>-scaling`, `<store>-transition`, `<store>-kernel-motion` and
-    `<store>-infinite` (and `<store>-kernels` for a sweep with kernel regressions) in each of
+    Writes `<store>-dynamics`, `<store>-scaling`, `<store>-transition`, `<store>-kernel-motion`,
+    `<store>-infinite` and `<store>-alignment` (and `<store>-kernels` for a sweep with kernel
+    regressions) in each of
     `formats`, less those `missing_figures` names (a store recorded before their quantities were);
     returns the paths written.
     """
@@ -92,6 +93,7 @@ def plot_store(
             ("transition", transition_figure),
             ("kernel-motion", kernel_motion_figure),
             ("infinite", infinite_figure),
+            ("alignment", alignment_figure),
         ]
         if analysis.kernels is not None:
             figures.append(("kernels", kernels_figure))
@@ -296,8 +298,8 @@ def _level(scaling) -> float:
 
 def missing_figures(analysis: Analysis) -> dict[str, str]:
     """The figures `plot_store` leaves out, with the reason: "kernel-motion" without any recorded
-    kernel velocity or alignment with K₀, "infinite" without any distance from K∞ (stores recorded
-    before these were, or models without a K∞)."""
+    kernel velocity or alignment with K₀, "infinite" without any distance from K∞, "alignment"
+    without any label alignment (stores recorded before these were, or models without a K∞)."""
     missing = {}
     curves = [
         c for group in analysis.dynamics.values() for c in (group["kernel_velocity"], group["kernel_motion"])
@@ -307,6 +309,8 @@ def missing_figures(analysis: Analysis) -> dict[str, str]:
     _, distance, _ = analysis.per_run("infinite_distance0")
     if not np.any(np.isfinite(distance)):
         missing["infinite"] = "no distance from K∞ recorded (a store from before it was, or not an MLP)"
+    if not any(np.any(np.isfinite(group["label_alignment"])) for group in analysis.dynamics.values()):
+        missing["alignment"] = "no label alignment recorded (a store from before it was)"
     return missing
 
 
@@ -394,6 +398,53 @@ def infinite_figure(analysis: Analysis) -> Figure:
             loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=6.5, handlelength=1.2, frameon=False
         )
     _tidy(axes)
+    return figure
+
+
+# --------------------------------------------------------------------------------- alignment
+
+
+@_styled
+def alignment_figure(analysis: Analysis) -> Figure:
+    """The reference study's App. E.3 (its Fig. 8): the label alignment A(K_t, yyᵀ) (eq. 16) and the
+    rotation 1 − ‖U_rᵀ U′_r‖²_F / r of the top-r eigenvectors since the previous record (eq. 17, r the
+    effective rank) against epoch, and A(K, yyᵀ) at initialisation and at the minimum test loss
+    against width (or data size).
+
+    Seed means per width on a sequential scale, the dot at the mean epoch of the minimum; with
+    log-spaced records each rotation spans a fixed ratio of epochs.
+    """
+    figure = Figure(figsize=(WIDTH_IN, 2.6), layout="constrained")
+    axes = figure.subplots(1, 3)
+    groups = analysis.dynamics
+    palette = _palette(len(groups))
+    panels = (
+        ("label_alignment", r"label alignment $A(K_t, yy^\top)$"),
+        ("eigenvector_rotation", r"top-$r$ rotation $1 - \|U_r^\top U_r'\|_F^2 / r$"),
+    )
+    for i, curves in enumerate(groups.values()):
+        i_min = int(np.argmin(np.abs(curves["epoch"] - curves["min_epoch"])))
+        dot = {"color": palette(i), "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
+        for ax, (key, _) in zip(axes, panels, strict=False):
+            ax.plot(curves["epoch"], curves[key], color=palette(i))
+            ax.plot(curves["epoch"][i_min], curves[key][i_min], "o", **dot)
+    for ax, (_, label) in zip(axes, panels, strict=False):
+        ax.set_xscale("symlog", linthresh=_first_positive(analysis), linscale=0.3)
+        ax.set_xlim(left=0.0)
+        ax.set_yscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
+    axes[0].legend([marker], ["minimum test loss"], loc="best")
+    _points(axes[2], analysis, "label_alignment0", 1.0, "C0", "at init")
+    _points(axes[2], analysis, "label_alignment_at_min", 1.0, "C1", "at min.", marker="s")
+    axes[2].set_xscale(_x_scale(analysis))
+    axes[2].set_yscale("log")
+    axes[2].set_xlabel(analysis.sweep.swept.label)
+    axes[2].set_ylabel(r"$A(K, yy^\top)$")
+    axes[2].legend(loc="best")
+    _tidy(axes)
+    _colorbar(figure, axes[:2], analysis, list(groups))
     return figure
 
 

@@ -36,6 +36,7 @@ QUANTITIES: dict[str, str] = {
     "cosine_effective_rank_at_min": "cos. eff. rank",
     "adaptation_rate_at_min": "dT/dlnL",
     "init_alignment_at_min": "A(K0, K*)",
+    "label_alignment0": "A(K0, yy')",
     "label_alignment_at_min": "A(K*, yy')",
     "infinite_distance0": "|K0-Kinf|/|Kinf|",
     "infinite_distance_at_min": "|K*-Kinf|/|Kinf|",
@@ -152,6 +153,7 @@ class RunSummary:
     cosine_effective_rank_at_min: float
     adaptation_rate_at_min: float
     init_alignment_at_min: float
+    label_alignment0: float = float("nan")
     label_alignment_at_min: float = float("nan")
     infinite_distance0: float = float("nan")
     infinite_distance_at_min: float = float("nan")
@@ -214,7 +216,10 @@ def run_summary(
     t0 = float(trace[0])
     at = {name: float(values[i]) for name, values in arrays.items()}
     at.update({name: nan[i] for name in _OPTIONAL if name not in at})
-    first = {name: float(arrays.get(name, nan)[0]) for name in ("infinite_distance", "infinite_alignment")}
+    first = {
+        name: float(arrays.get(name, nan)[0])
+        for name in ("label_alignment", "infinite_distance", "infinite_alignment")
+    }
     exact = at_min is not None and np.isfinite(at_min.get("test_loss", np.nan))
     if exact:
         at.update({name: float(at_min.get(name, np.nan)) for name in (*_REQUIRED, *_OPTIONAL)})
@@ -241,6 +246,7 @@ def run_summary(
         cosine_effective_rank_at_min=at["cosine_effective_rank"],
         adaptation_rate_at_min=rate,
         init_alignment_at_min=at["init_alignment"],
+        label_alignment0=first["label_alignment"],
         label_alignment_at_min=at["label_alignment"],
         infinite_distance0=first["infinite_distance"],
         infinite_distance_at_min=at["infinite_distance"],
