@@ -72,8 +72,8 @@ def _step(args: dict) -> dict:
         }
 
 
-def _committed_lr(path: Path | None, width: int) -> float | None:
-    if path is None or not path.exists():
+def _committed_lr(path: Path, width: int) -> float | None:
+    if not path.exists():
         return None
     from ntkspec.experiments.store import read_calibration
 
@@ -111,35 +111,30 @@ def main(argv: list[str] | None = None) -> None:
             ),
         }
         h.log(f"w={width} calibrate: {json.dumps(row['calibrate'])}")
+        modes = ("loop", "ensemble") if i % 2 == 0 else ("ensemble", "loop")
         if "error" in row["calibrate"]:
-            rows.append(row)
-            continue
-        calibration = row["calibrate"]["calibration"]
-        row["committed_lr"] = _committed_lr(committed, width)
-        for mode in ("loop", "ensemble") if i % 2 == 0 else ("ensemble", "loop"):
+            modes = ()
+        else:
+            calibration = row["calibrate"]["calibration"]
+            row["committed_lr"] = _committed_lr(committed, width)
+        for mode in modes:
             task = common | {"step": mode, "calibration": calibration}
             row[mode] = h.spawn(["benchmarks.sweep_cost", "_step", json.dumps(task)])
             h.log(f"w={width} {mode}: {json.dumps({k: v for k, v in row[mode].items() if 'min_' not in k})}")
-        if "error" not in row["loop"] and "error" not in row["ensemble"]:
+        if modes and "error" not in row["loop"] and "error" not in row["ensemble"]:
             row["speedup"] = row["loop"]["seconds"] / row["ensemble"]["seconds"]
-            row["max_epoch_difference"] = max(
-                abs(a - b)
-                for a, b in zip(
-                    row["loop"]["min_test_loss_epoch"], row["ensemble"]["min_test_loss_epoch"], strict=True
-                )
-            )
-            row["max_loss_difference"] = max(
-                abs(a - b)
-                for a, b in zip(row["loop"]["min_test_loss"], row["ensemble"]["min_test_loss"], strict=True)
-            )
+            for field, name in (
+                ("min_test_loss_epoch", "max_epoch_difference"),
+                ("min_test_loss", "max_loss_difference"),
+            ):
+                pairs = zip(row["loop"][field], row["ensemble"][field], strict=True)
+                row[name] = max(abs(a - b) for a, b in pairs)
         rows.append(row)
-        h.write_json(args.out, _result(args, config, rows))
-    result = _result(args, config, rows)
-    h.write_json(args.out, result)
-    print(json.dumps(result["total"]), args.out)
+        h.write_json(args.out, _result(config, rows))  # after each width: a stopped run keeps it
+    print(json.dumps(_result(config, rows)["total"]), args.out)
 
 
-def _result(args, config, rows: list[dict]) -> dict:
+def _result(config, rows: list[dict]) -> dict:
     finished = [row for row in rows if "speedup" in row]
     pilots = sum(row["calibrate"]["seconds"] for row in finished)
     loop = sum(row["loop"]["seconds"] for row in finished)

@@ -327,33 +327,22 @@ def kernel_motion_figure(analysis: Analysis) -> Figure:
     figure = Figure(figsize=(WIDTH_IN, 2.5), layout="constrained")
     axes = figure.subplots(1, 3, sharex=True)
     groups = analysis.dynamics
-    palette = _palette(len(groups))
     panels = (
         ("kernel_velocity", r"kernel velocity $1 - A(K_{t'}, K_t)$", "log"),
         ("kernel_motion", r"$1 - A(K_0, K_t)$", "log"),
         ("regression_error", r"kernel-regression test error ($K_t$)", "linear"),
     )
-    for i, curves in enumerate(groups.values()):
-        i_min = int(np.argmin(np.abs(curves["epoch"] - curves["min_epoch"])))
-        dot = {"color": palette(i), "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
-        for ax, (key, _, scale) in zip(axes, panels, strict=True):
-            y = curves[key]
-            if scale == "log":  # 1 − A is 0 at epoch 0 by definition: drawn from the first step on
-                y = np.where((y > 0) & (curves["epoch"] > 0), y, np.nan)
-            ax.plot(curves["epoch"], y, color=palette(i))
-            ax.plot(curves["epoch"][i_min], y[i_min], "o", **dot)
+    for ax, (key, _, scale) in zip(axes, panels, strict=True):
+        # 1 − A is 0 at epoch 0 by definition: on a log axis drawn from the first step on.
+        _epoch_curves(ax, analysis, key, positive=scale == "log")
     for ax, (key, label, scale) in zip(axes, panels, strict=True):
-        ax.set_xscale("symlog", linthresh=_first_positive(analysis), linscale=0.3)
-        ax.set_xlim(left=0.0)
         if any(np.any(np.isfinite(c[key]) & (c[key] > 0)) for c in groups.values()):
             ax.set_yscale(scale)
         else:
             ax.text(0.5, 0.5, "not recorded in this store", transform=ax.transAxes, ha="center")
             ax.set_yticks([])
-        ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
-    axes[0].legend([marker], ["minimum test loss"], loc="best")
+    _minimum_legend(axes[0])
     _tidy(axes)
     _colorbar(figure, axes, analysis, list(groups))
     return figure
@@ -416,26 +405,15 @@ def alignment_figure(analysis: Analysis) -> Figure:
     """
     figure = Figure(figsize=(WIDTH_IN, 2.6), layout="constrained")
     axes = figure.subplots(1, 3)
-    groups = analysis.dynamics
-    palette = _palette(len(groups))
     panels = (
         ("label_alignment", r"label alignment $A(K_t, yy^\top)$"),
         ("eigenvector_rotation", r"top-$r$ rotation $1 - \|U_r^\top U_r'\|_F^2 / r$"),
     )
-    for i, curves in enumerate(groups.values()):
-        i_min = int(np.argmin(np.abs(curves["epoch"] - curves["min_epoch"])))
-        dot = {"color": palette(i), "mec": "k", "mew": 0.5, "ms": 3.5, "zorder": 3}
-        for ax, (key, _) in zip(axes, panels, strict=False):
-            ax.plot(curves["epoch"], curves[key], color=palette(i))
-            ax.plot(curves["epoch"][i_min], curves[key][i_min], "o", **dot)
-    for ax, (_, label) in zip(axes, panels, strict=False):
-        ax.set_xscale("symlog", linthresh=_first_positive(analysis), linscale=0.3)
-        ax.set_xlim(left=0.0)
+    for ax, (key, label) in zip(axes, panels, strict=False):
+        _epoch_curves(ax, analysis, key)
         ax.set_yscale("log")
-        ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
-    axes[0].legend([marker], ["minimum test loss"], loc="best")
+    _minimum_legend(axes[0])
     _points(axes[2], analysis, "label_alignment0", 1.0, "C0", "at init")
     _points(axes[2], analysis, "label_alignment_at_min", 1.0, "C1", "at min.", marker="s")
     axes[2].set_xscale(_x_scale(analysis))
@@ -444,11 +422,34 @@ def alignment_figure(analysis: Analysis) -> Figure:
     axes[2].set_ylabel(r"$A(K, yy^\top)$")
     axes[2].legend(loc="best")
     _tidy(axes)
-    _colorbar(figure, axes[:2], analysis, list(groups))
+    _colorbar(figure, axes[:2], analysis, list(analysis.dynamics))
     return figure
 
 
 # ----------------------------------------------------------------------------------- helpers
+
+
+def _epoch_curves(ax, analysis: Analysis, key: str, *, positive: bool = False) -> None:
+    """The seed-mean curve `key` of `Analysis.dynamics` against epoch, one per width on a
+    sequential scale, a dot at the mean epoch of the minimum; the epoch axis symlog from 0. With
+    `positive` (for a log axis), epoch 0 and values <= 0 are left out."""
+    palette = _palette(len(analysis.dynamics))
+    for i, curves in enumerate(analysis.dynamics.values()):
+        y = curves[key]
+        if positive:
+            y = np.where((y > 0) & (curves["epoch"] > 0), y, np.nan)
+        i_min = int(np.argmin(np.abs(curves["epoch"] - curves["min_epoch"])))
+        ax.plot(curves["epoch"], y, color=palette(i))
+        ax.plot(curves["epoch"][i_min], y[i_min], "o", color=palette(i), mec="k", mew=0.5, ms=3.5, zorder=3)
+    ax.set_xscale("symlog", linthresh=_first_positive(analysis), linscale=0.3)
+    ax.set_xlim(left=0.0)
+    ax.set_xlabel("epoch")
+
+
+def _minimum_legend(ax) -> None:
+    """The legend entry of the dots `_epoch_curves` draws."""
+    marker = Line2D([], [], ls="", marker="o", color="0.6", mec="k", mew=0.5, ms=3.5)
+    ax.legend([marker], ["minimum test loss"], loc="best")
 
 
 def _x_scale(analysis: Analysis) -> str:
