@@ -117,14 +117,17 @@ def test_patience_stops_the_run_and_the_minimum_is_measured(split, key):
     assert traj["trace"][0] == pytest.approx(records[0].trace, rel=1e-5)
 
 
-def test_label_alignment_and_rotation_against_dense_references(split, key):
+@pytest.mark.parametrize("method", ["exact", "stochastic"])
+def test_label_alignment_and_rotation_against_dense_references(split, key, method):
+    """Eq. 16 and eq. 17 from `jax.jacrev` kernels; matrix-free, the label alignment within its error
+    bar and the rotation from Ritz vectors (80 rows: Lanczos converges to working precision)."""
     x = jnp.asarray(split.x_ntk, jnp.float64)
     split64 = data.Split(
         split.x_train, split.y_train, np.asarray(x), split.y_ntk, split.x_test, split.y_test, split.classes
     )
     first = models.build("mlp", (64,), 10, jax.random.key(2), width=16, depth=3, param_dtype=jnp.float64)
     second = models.build("mlp", (64,), 10, jax.random.key(3), width=16, depth=3, param_dtype=jnp.float64)
-    measure = Measure(split64, key, top_k=3, method="exact")
+    measure = Measure(split64, key, top_k=3, method=method)
     metrics = {"train_loss": 1.0, "test_loss": 1.0, "train_accuracy": 0.0, "test_accuracy": 0.0}
     a = measure(first, 0, metrics)
     b = measure(second, 1, metrics)
@@ -135,12 +138,17 @@ def test_label_alignment_and_rotation_against_dense_references(split, key):
     y = np.asarray(one_hot_targets(split.y_ntk, 10))
     for record, kernel in zip((a, b), kernels, strict=True):
         expected = y @ kernel @ y / (np.linalg.norm(kernel) * (y @ y))
-        assert record.label_alignment == pytest.approx(expected, rel=1e-8)
+        if method == "exact":
+            assert record.label_alignment == pytest.approx(expected, rel=1e-8)
+        else:
+            assert 0 < record.label_alignment_stderr < 0.05 * expected
+            assert abs(record.label_alignment - expected) < 4 * record.label_alignment_stderr
     assert np.isnan(a.eigenvector_rotation)
-    r = round(a.effective_rank)
+    r = round(a.effective_rank)  # the rank the record used (an estimate when stochastic)
     u = np.linalg.eigh(kernels[0])[1][:, ::-1][:, :r]
     v = np.linalg.eigh(kernels[1])[1][:, ::-1][:, :r]
-    assert b.eigenvector_rotation == pytest.approx(1 - np.linalg.norm(u.T @ v) ** 2 / r, rel=1e-6)
+    rtol = 1e-6 if method == "exact" else 1e-4
+    assert b.eigenvector_rotation == pytest.approx(1 - np.linalg.norm(u.T @ v) ** 2 / r, rel=rtol)
     assert 0 < b.eigenvector_rotation < 1
 
 

@@ -65,15 +65,9 @@ def _check_complete(path, config):
     return out
 
 
-def _spawn(config_path, store_path, task, cache):
-    # A shared persistent compilation cache: restarted children do not recompile.
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(ROOT),
-        "JAX_PLATFORMS": "cpu",
-        "JAX_COMPILATION_CACHE_DIR": str(cache),
-        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-    }
+def _spawn(config_path, store_path, task):
+    # The environment carries conftest's compilation cache: restarted children do not recompile.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen(
         [sys.executable, str(CHILD), str(config_path), str(store_path), task],
         cwd=ROOT,
@@ -217,16 +211,15 @@ def two_task_store(tmp_path_factory):
     config_path = folder / "tiny.toml"
     config_path.write_text(TINY)
     path = folder / "two.zarr"
-    cache = tmp_path_factory.mktemp("jax-cache")
-    processes = [_spawn(config_path, path, task, cache) for task in ("0/2", "1/2")]
+    processes = [_spawn(config_path, path, task) for task in ("0/2", "1/2")]
     for process in processes:
         _finish(process)
-    return config_path, path, cache
+    return config_path, path
 
 
 @pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
 def test_two_processes_on_disjoint_tasks(two_task_store):
-    config_path, path, _ = two_task_store
+    config_path, path = two_task_store
     config = cfg.load_config(config_path, store=str(path))
     _check_complete(path, config)
 
@@ -242,7 +235,7 @@ def _records_written(path):
 
 @pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
 def test_resume_after_sigkill(two_task_store, tmp_path):
-    config_path, reference, cache = two_task_store
+    config_path, reference = two_task_store
     config = cfg.load_config(config_path, store=str(tmp_path / "killed.zarr"))
     path = config.store_path
     total = len(cfg.runs(config)) * _expected_records(config)
@@ -251,7 +244,7 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
     targets = sorted(rng.sample(range(2, total), 2))
     killed_with_records = []
     for target in targets:
-        process = _spawn(config_path, path, "0/1", cache)
+        process = _spawn(config_path, path, "0/1")
         while process.poll() is None and _records_written(path) < target:
             time.sleep(0.01)
         assert process.poll() is None, process.communicate()[1][-3000:]  # still running
@@ -260,7 +253,7 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
         process.communicate()  # reap it and close its pipes
         killed_with_records.append(_records_written(path))
     assert all(0 < n < total for n in killed_with_records), killed_with_records  # really mid-sweep
-    _finish(_spawn(config_path, path, "0/1", cache))
+    _finish(_spawn(config_path, path, "0/1"))
     resumed = _check_complete(path, config)
     # Same numbers as the uninterrupted two-process sweep: nothing lost, duplicated or mixed up.
     expected = _check_complete(reference, config)
@@ -272,9 +265,9 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
 @pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
 def test_two_processes_on_the_same_runs(two_task_store, tmp_path):
     """The same command launched twice: each run is trained by one of them, completely, once."""
-    config_path, reference, cache = two_task_store
+    config_path, reference = two_task_store
     config = cfg.load_config(config_path, store=str(tmp_path / "same.zarr"))
-    processes = [_spawn(config_path, config.store_path, "0/1", cache) for _ in range(2)]
+    processes = [_spawn(config_path, config.store_path, "0/1") for _ in range(2)]
     summaries = [json.loads(_finish(process).splitlines()[-1]) for process in processes]
     names = [run.name for run in cfg.runs(config)]
     done = [name for summary in summaries for name in summary["done"]]

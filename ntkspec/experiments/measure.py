@@ -57,7 +57,8 @@ from ntkspec.spectrum import Spectrum, choose_method, spectra
 #: Matvecs per kernel of the matrix-free alignment with K₀ (about 0.1-1 % error on NTKs; see
 #: tests/test_estimators_alignment.py).
 ALIGNMENT_MATVECS = 100
-#: Least matvecs for the stochastic top-r eigenvectors of the rotation (4 r when r is larger).
+#: Least matvecs for the stochastic top-r eigenvectors of the rotation (4 k when larger, k ≥ r the
+#: power of two the eigenpairs are computed for).
 EIGENVECTOR_MATVECS = 400
 #: Ridge of the kernel regression relative to the mean diagonal: λ = RIDGE · tr K(X, X) / n (scale-
 #: free across widths, and keeps the Cholesky factorisation well posed in float32).
@@ -245,8 +246,11 @@ class Measure:
             kernel = np.asarray(op.dense(), dtype=np.float64)
             _, vectors = scipy.linalg.eigh(kernel, subset_by_index=[n - r, n - 1], driver="evr")
             return vectors[:, ::-1]
-        budget = max(EIGENVECTOR_MATVECS, 4 * r)
-        return np.asarray(_top_eigenpairs(op, key, k=r, budget=budget).vectors)
+        # k is r rounded up to a power of two: one compiled program serves the ranks of a whole run
+        # (r moves from record to record), not one per rank.
+        k = min(op.shape[0], 1 << (r - 1).bit_length())
+        budget = max(EIGENVECTOR_MATVECS, 4 * k)
+        return np.asarray(_top_eigenpairs(op, key, k=k, budget=budget).vectors)[:, :r]
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="mesh")
