@@ -12,6 +12,7 @@ from ntkspec import data, models
 from ntkspec._testing import reference_kernel
 from ntkspec.estimators import one_hot_targets
 from ntkspec.experiments import store
+from ntkspec.experiments.analysis import analyze_store
 from ntkspec.experiments.config import load_config
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.sweep import run_sweep
@@ -65,6 +66,18 @@ def test_calibration_slows_a_width_where_1e3_is_too_fast(tmp_path):
     assert int(run["min_test_loss_epoch"]) == pilots[calibration["lr"]]  # the pilot was the seed-0 run
     assert float(run["test_loss_at_min"]) == pytest.approx(float(run["min_test_loss"]), rel=1e-6)
     assert float(run["test_loss_at_min"]) <= np.nanmin(run["trajectory_test_loss"].values) + 1e-7
+    # `ntkspec analyze` reports the calibration and where the minimum fell against the window.
+    analysis = analyze_store(config.store_path, n_boot=10)
+    (found,) = analysis.calibration
+    assert (found.value, found.status, found.lr, found.window) == (
+        32,
+        "calibrated",
+        calibration["lr"],
+        (600, 1200),
+    )
+    assert found.pilots == sorted(pilots.items()) and found.median_epoch == pilots[calibration["lr"]]
+    assert found.inside and "| 32 | calibrated |" in analysis.to_markdown()
+    assert analysis.to_dict()["calibration"][0]["inside"] is True
 
 
 def test_uncalibrated_value_is_recorded_and_the_sweep_goes_on(tmp_path):
@@ -75,6 +88,12 @@ def test_uncalibrated_value_is_recorded_and_the_sweep_goes_on(tmp_path):
     assert summary.done == ("w16_s0", "w32_s0") and summary.complete
     attrs, _ = store.read_run(config.store_path, "w16_s0")
     assert attrs["status"] == "uncalibrated" and "raise pilot_runs" in attrs["message"]
+    analysis = analyze_store(config.store_path, n_boot=10)
+    assert [(c.value, c.status, c.lr, c.inside) for c in analysis.calibration] == [
+        (16, "uncalibrated", None, False),
+        (32, "uncalibrated", None, False),
+    ]
+    assert "| 16 | uncalibrated | – |" in analysis.to_markdown()
 
 
 def test_parameters_at_the_minimum_equal_a_run_stopped_there(split):

@@ -20,6 +20,7 @@ import xarray as xr
 
 from ntkspec.experiments import report
 from ntkspec.experiments.against_kernels import LABELS
+from ntkspec.experiments.config import point_of
 from ntkspec.experiments.fits import (
     Breakpoint,
     Ensemble,
@@ -33,7 +34,7 @@ from ntkspec.experiments.fits import (
     paired_exponent_difference,
 )
 from ntkspec.experiments.records import KINDS, Kind
-from ntkspec.experiments.store import open_sweep
+from ntkspec.experiments.store import open_sweep, read_calibration
 from ntkspec.experiments.summaries import FITTED, QUANTITIES, RunSummary, adaptation_rate, run_summary
 
 
@@ -204,6 +205,34 @@ def _kernel_value(run, name: str, field: str) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
+class Calibration:
+    """The learning rate of one swept value of a calibrated sweep (`lr = "calibrate"`), and where
+    the minimum test loss of its complete runs fell against the study's window (App. D.1: "a
+    minimum test loss is reached between 400 and 1000 epochs").
+
+    `status` is the stored calibration's ("calibrated", "uncalibrated"), or "missing" when none is
+    stored yet; `pilots` are its (lr, epoch of the minimum) by lr; `min_epochs` the runs'
+    `min_test_loss_epoch`, by seed.
+    """
+
+    value: float
+    status: str
+    lr: float | None
+    pilots: list[tuple[float, int]]
+    min_epochs: np.ndarray
+    window: tuple[int, int]
+
+    @property
+    def median_epoch(self) -> float:
+        return float(np.median(self.min_epochs)) if self.min_epochs.size else math.nan
+
+    @property
+    def inside(self) -> bool:
+        """Whether the median over seeds of the epoch of the minimum is inside the window."""
+        return bool(self.window[0] <= self.median_epoch <= self.window[1])
+
+
+@dataclasses.dataclass(frozen=True)
 class Analysis:
     """Everything `analyze_store` derives from a sweep.
 
@@ -220,7 +249,8 @@ class Analysis:
     kernel velocity, 1 − A(K₀, K), kernel-regression test error) at the epochs all its runs
     recorded. `expected_runs` is what the config asks for (None if it cannot say). `kernels`: the
     network's data scaling against its kernels' (`against_kernels.kernel_scaling`), for a sweep whose
-    config names `kernels` (else None).
+    config names `kernels` (else None). `calibration`: per swept value, its calibrated learning
+    rate and the median epoch of the minimum against the window (empty unless `lr = "calibrate"`).
     """
 
     sweep: Sweep
@@ -236,6 +266,7 @@ class Analysis:
     dynamics: dict[float, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     expected_runs: int | None = None
     kernels: KernelScaling | None = None
+    calibration: tuple[Calibration, ...] = ()
 
     @property
     def x_name(self) -> str:
@@ -328,7 +359,30 @@ def analyze_store(
         _dynamics(runs, x_name, rates, summaries),
         sweep.attrs.get("expected_runs"),
         kernels,
+        _calibration(sweep, runs),
     )
+
+
+def _calibration(sweep: Sweep, runs: list[Run]) -> tuple[Calibration, ...]:
+    """Each swept value's stored calibration, with the epochs of the minimum of its complete runs."""
+    config = sweep.config
+    if config.get("lr") != "calibrate":
+        return ()
+    window = tuple(int(e) for e in config["min_epoch_window"])
+    points = {
+        point_of(r.name): float(r.attrs[sweep.x_name]) for r in sweep.runs.values() if sweep.x_name in r.attrs
+    }
+    out = []
+    for point, value in sorted(points.items(), key=lambda item: item[1]):
+        stored = read_calibration(sweep.path, point) or {"status": "missing", "lr": None, "pilots": []}
+        epochs = [
+            float(r.attrs["min_test_loss_epoch"])
+            for r in runs
+            if point_of(r.name) == point and np.isfinite(float(r.attrs.get("min_test_loss_epoch", math.nan)))
+        ]
+        pilots = [(float(lr), int(epoch)) for lr, epoch in stored["pilots"]]
+        out.append(Calibration(value, stored["status"], stored["lr"], pilots, np.array(epochs), window))
+    return tuple(out)
 
 
 def _dynamics(

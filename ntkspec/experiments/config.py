@@ -331,6 +331,11 @@ def load_config(source: str | Path | None = None, **overrides) -> SweepConfig:
     return SweepConfig.from_dict(values)
 
 
+def point_of(name: str) -> str:
+    """The label of a run's swept value, shared by its seeds (and its calibration): `w64` for `w64_s0`."""
+    return name.rsplit("_s", 1)[0]
+
+
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One run of a sweep: its store name, what it trains, and its attributes in the store."""
@@ -358,7 +363,7 @@ class Run:
     @property
     def point(self) -> str:
         """The swept value's label shared by its seeds: `w64` for `w64_s0`."""
-        return self.name.rsplit("_s", 1)[0]
+        return point_of(self.name)
 
     def attrs(self, config: SweepConfig, lr: float | None = None) -> dict:
         """The run's attributes (`records.RUN_FIELDS`), as stored beside its records; `lr` is the

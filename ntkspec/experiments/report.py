@@ -120,6 +120,32 @@ def kernel_table(scaling) -> tuple[list[str], list[list[str]]]:
     return headers, cells
 
 
+def calibration_table(analysis) -> tuple[list[str], list[list[str]]]:
+    """Headers and cells of a calibrated sweep: per swept value, the learning rate, its pilots and
+    the median (range) over seeds of the epoch of the minimum test loss, against the window."""
+    low, high = analysis.calibration[0].window
+    headers = [
+        analysis.x_name,
+        "calibration",
+        "lr",
+        "pilots: lr → epoch of min",
+        "median epoch of min [range]",
+    ]
+    headers.append(f"median in [{low}, {high}]")
+    cells = []
+    for c in analysis.calibration:
+        pilots = ", ".join(f"{lr:.2g} → {epoch}" for lr, epoch in c.pilots) or "–"
+        spread = (
+            f"{c.median_epoch:g} [{c.min_epochs.min():g}, {c.min_epochs.max():g}]"
+            if c.min_epochs.size
+            else "–"
+        )
+        inside = ("yes" if c.inside else "no") if c.min_epochs.size else "–"
+        lr = f"{c.lr:.3g}" if c.lr is not None else "–"
+        cells.append([f"{c.value:g}", c.status, lr, pilots, spread, inside])
+    return headers, cells
+
+
 def _kernel_notes(scaling) -> list[str]:
     """One line per kernel: does the network's test error fall faster with n than the kernel's?"""
     lines = []
@@ -160,6 +186,11 @@ def markdown(analysis) -> str:
         f"- skipped {s['name']} ({s['status']})" + (f": {s['message']}" if s["message"] else "")
         for s in analysis.skipped
     ]
+    if analysis.calibration:
+        headers, cells = calibration_table(analysis)
+        lines += ["", "Learning rate per value, calibrated by the study's rule (App. D.1):", ""]
+        lines += ["| " + " | ".join(headers) + " |", "|---:|---|---:|---|---:|---|"]
+        lines += ["| " + " | ".join(line) + " |" for line in cells]
     if analysis.kernels is not None:
         headers, cells = kernel_table(analysis.kernels)
         lines += ["", "Data scaling against the kernels (test error at the minimum test loss; 95 % CIs):", ""]
@@ -184,6 +215,9 @@ def rich(analysis, width: int | None = None, wide: bool = False):
     title = f"{analysis.sweep.path.name}: {analysis.sweep.kind} sweep, {len(analysis.runs)} runs"
     notes = markdown(analysis).split("\n\n")[1]  # plain text: wraps, never cropped
     parts = [analysis.table.to_rich(title=title, width=None if wide else width), Text(notes)]
+    if analysis.calibration:
+        heading = "learning rate per value, calibrated by the study's rule (App. D.1)"
+        parts.append(_rich_blocks(*calibration_table(analysis), heading, None if wide else width))
     if analysis.kernels is not None:
         heading = "data scaling against the kernels (95 % CIs)"
         blocks = _rich_blocks(*kernel_table(analysis.kernels), heading, None if wide else width, "left")
@@ -218,6 +252,10 @@ def as_dict(analysis) -> dict[str, Any]:
             "not_fitted": analysis.not_fitted,
             "adaptation_sign": analysis.adaptation_sign,
             "kernels": None if analysis.kernels is None else _kernels_dict(analysis.kernels),
+            "calibration": [
+                dataclasses.asdict(c) | {"median_epoch": c.median_epoch, "inside": c.inside}
+                for c in analysis.calibration
+            ],
         }
     )
 
