@@ -110,7 +110,9 @@ def test_config_validation_names_the_field(tiny_config):
 
 def test_builtin_configs_are_valid():
     names = cfg.builtin_configs()
-    assert {"quickstart", "mnist-shared", "cifar4-noise", "mnist-data-scaling"} <= set(names)
+    assert {"quickstart", "mnist-shared", "cifar4-noise", "mnist4-noise-cnn", "mnist-data-scaling"} <= set(
+        names
+    )
     for name in names:
         config = cfg.load_config(name)
         assert config.name == name or name == "mnist-shared"
