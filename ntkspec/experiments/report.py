@@ -54,9 +54,7 @@ class Table:
 
     def to_markdown(self) -> str:
         headers, cells = self.formatted()
-        lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
-        lines += ["| " + " | ".join(line) + " |" for line in cells]
-        return "\n".join(lines)
+        return "\n".join(_markdown_table(headers, cells, "r" * len(headers)))
 
     def to_rich(self, title: str | None = None, width: int | None = None):
         """The formatted cells as Rich tables: one if `width` is None, else as many stacked tables as
@@ -70,6 +68,12 @@ class Table:
             writer.writeheader()
             writer.writerows(self.rows)
         return path
+
+
+def _markdown_table(headers: list[str], cells: list[list[str]], align: str) -> list[str]:
+    """The lines of a Markdown table; `align` has one letter per column, "r" (right) or "l" (left)."""
+    rule = "|" + "".join("---:|" if a == "r" else "---|" for a in align)
+    return ["| " + " | ".join(headers) + " |", rule, *("| " + " | ".join(line) + " |" for line in cells)]
 
 
 def _rich_blocks(
@@ -124,14 +128,8 @@ def calibration_table(analysis) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of a calibrated sweep: per swept value, the learning rate, its pilots and
     the median (range) over seeds of the epoch of the minimum test loss, against the window."""
     low, high = analysis.calibration[0].window
-    headers = [
-        analysis.x_name,
-        "calibration",
-        "lr",
-        "pilots: lr → epoch of min",
-        "median epoch of min [range]",
-    ]
-    headers.append(f"median in [{low}, {high}]")
+    headers = [analysis.x_name, "calibration", "lr", "pilots: lr → epoch of min"]
+    headers += ["median epoch of min [range]", f"median in [{low}, {high}]"]
     cells = []
     for c in analysis.calibration:
         pilots = ", ".join(f"{lr:.2g} → {epoch}" for lr, epoch in c.pilots) or "–"
@@ -189,13 +187,11 @@ def markdown(analysis) -> str:
     if analysis.calibration:
         headers, cells = calibration_table(analysis)
         lines += ["", "Learning rate per value, calibrated by the study's rule (App. D.1):", ""]
-        lines += ["| " + " | ".join(headers) + " |", "|---:|---|---:|---|---:|---|"]
-        lines += ["| " + " | ".join(line) + " |" for line in cells]
+        lines += _markdown_table(headers, cells, "rlrlrl")
     if analysis.kernels is not None:
         headers, cells = kernel_table(analysis.kernels)
         lines += ["", "Data scaling against the kernels (test error at the minimum test loss; 95 % CIs):", ""]
-        lines += ["| " + " | ".join(headers) + " |", "|---|" + "---:|" * (len(headers) - 1)]
-        lines += ["| " + " | ".join(line) + " |" for line in cells]
+        lines += _markdown_table(headers, cells, "l" + "r" * (len(headers) - 1))
         lines += [""] + _kernel_notes(analysis.kernels)
     return "\n".join(lines)
 
