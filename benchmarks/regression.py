@@ -27,7 +27,6 @@ Usage: python -m benchmarks.regression [--data-dir DIR] [--width 64] [--out FILE
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
 import platform
@@ -36,7 +35,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks._harness import best_time
+from benchmarks._harness import best_time, rss_rise
 
 DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 OUT = Path(__file__).resolve().parent / "results" / "regression.json"
@@ -115,16 +114,6 @@ def _solves(n: int, args) -> list[dict]:
     return out
 
 
-def _status() -> dict[str, int]:
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            name, _, value = line.partition(":")
-            if name in ("VmRSS", "VmHWM"):
-                fields[name] = int(value.split()[0]) * 1024
-    return fields
-
-
 def _memory_worker(args) -> dict:
     """One preconditioned solve at N = `args.memory_n` in this (fresh) process: predicted vs RSS."""
     import jax
@@ -146,13 +135,7 @@ def _memory_worker(args) -> dict:
 
     jax.block_until_ready(solve())  # compile; then measure a call of the same shapes
     resident = sum(leaf.nbytes for leaf in jax.tree.leaves((op, y)))
-    gc.collect()
-    time.sleep(0.2)
-    before = _status()["VmRSS"]
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # resets VmHWM to the current RSS
-    jax.block_until_ready(solve())
-    measured = _status()["VmHWM"] - before + resident
+    measured = rss_rise(solve) + resident
     matvec = memory.matvec_bytes(args.width, args.memory_n, probe_block=BLOCK, itemsize=8)
     solver = 8 * n * (2 * args.ranks[0] + 2 * BLOCK + 8)
     return {
