@@ -314,19 +314,32 @@ def compare(
 @app.command()
 def pack(
     store: Annotated[Path, typer.Argument(help="Sweep store folder.", exists=True, file_okay=False)],
+    out: Annotated[Path | None, typer.Option(help="The Zip file to write (default STORE.zip).")] = None,
     remove: Annotated[bool, typer.Option(help="Delete the folder once the Zip file is written.")] = False,
 ) -> None:
-    """Pack a finished store into one `.zarr.zip` file (for version control); it reads as the folder."""
+    """Pack a store into one `.zarr.zip` file (for version control); it reads as the folder.
+
+    A sweep still running can be packed: its runs in training are left out (a resumed sweep trains
+    them again from epoch 0 either way), and named.
+    """
     import shutil
 
     from ntkspec.experiments.store import pack as pack_store
 
     console = Console(soft_wrap=True)
     with _user_errors(console):
-        path = pack_store(store)
+        path, left_out = pack_store(store, out)
+    console.print(f"Packed: {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
+    if left_out:
+        console.print(
+            f"Left out {len(left_out)} runs in training (a resumed sweep trains them again): "
+            + ", ".join(left_out)
+        )
+    if remove and left_out:
+        console.print(f"[red]Not removed:[/red] {store} has runs in training.")
+        raise typer.Exit(1)
     if remove:
         shutil.rmtree(store)
-    console.print(f"Packed: {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
 
 
 @app.command()

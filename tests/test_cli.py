@@ -1,7 +1,9 @@
 from typer.testing import CliRunner  # noqa: E402
 
+from ntkspec._testing import TOP_K, write_store  # noqa: E402
 from ntkspec.cli import app  # noqa: E402
 from ntkspec.experiments import store  # noqa: E402
+from ntkspec.experiments.config import SweepConfig  # noqa: E402
 
 TINY = """
 name = "tiny-cli"
@@ -44,12 +46,24 @@ def test_sweep_command_runs_analyzes_plots_and_resumes(tmp_path):
     assert finished.exit_code == 0 and "0/0" not in finished.output and "epochs" not in finished.output
 
     packed = runner.invoke(app, ["pack", str(path)])
-    assert packed.exit_code == 0 and "tiny.zarr.zip" in packed.output
+    assert packed.exit_code == 0 and "tiny.zarr.zip" in packed.output and "Left out" not in packed.output
     zipped = runner.invoke(app, ["analyze", str(path) + ".zip", "--out-dir", str(tmp_path / "z")])
     assert zipped.exit_code == 0 and "width sweep, 2 runs" in zipped.output
     assert (tmp_path / "z" / "tiny.table.csv").read_text() == (
         tmp_path / "out" / "tiny.table.csv"
     ).read_text()
+
+
+def test_pack_command_leaves_out_runs_in_training_and_keeps_their_folder(tmp_path):
+    config = SweepConfig.from_dict(
+        {"name": "s", "dataset": "digits", "widths": [8], "seeds": 2, "top_k": TOP_K}
+    )
+    path = write_store(tmp_path / "s.zarr", config, {"w8_s0": 3, "w8_s1": 2}, {"w8_s1": "running"})
+    out = tmp_path / "snapshot.zarr.zip"
+    result = CliRunner().invoke(app, ["pack", str(path), "--out", str(out), "--remove"])
+    assert result.exit_code == 1 and out.is_file() and path.is_dir()
+    assert "Left out 1 runs in training" in result.output and "w8_s1" in result.output
+    assert "Not removed" in result.output and store.list_runs(out) == ["w8_s0"]
 
 
 def test_sweep_command_reports_bad_input(tmp_path):

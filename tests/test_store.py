@@ -104,8 +104,8 @@ def test_damaged_chunk_names_the_run_and_is_skipped(store_path, damage):
 
 
 def test_packed_store_reads_as_the_folder(store_path, tmp_path):
-    packed = store.pack(store_path)
-    assert packed.name == "s.zarr.zip" and packed.is_file()
+    packed, left_out = store.pack(store_path)
+    assert packed.name == "s.zarr.zip" and packed.is_file() and left_out == ()
     folder, archive = ntkspec.open_sweep(store_path), ntkspec.open_sweep(packed)
     for name in ("trace", "epoch", "top_eigenvalues", "status", "lr"):
         np.testing.assert_array_equal(folder[name].values, archive[name].values)
@@ -118,6 +118,25 @@ def test_packed_store_reads_as_the_folder(store_path, tmp_path):
     shutil.rmtree(store_path / "w8_s0" / "trace")
     with pytest.raises(store.CorruptRunError):  # a damaged folder is not packed
         store.pack(store_path, tmp_path / "bad.zip")
+    assert not list(tmp_path.glob("bad.zip*"))
+
+
+def test_a_live_store_packs_without_its_runs_in_training(tmp_path):
+    config = _config(kind="width", widths=[8, 16])
+    lengths = {r.name: 3 for r in runs(config)}
+    path = write_store(tmp_path / "s.zarr", config, lengths, {"w16_s1": "running"})
+    (path / "w16_s1" / "trace" / "c" / "0").unlink()  # half written, as while it trains
+    out = tmp_path / "committed" / "s.zarr.zip"
+    out.parent.mkdir()
+    out.write_bytes(b"an earlier pack")
+    packed, left_out = store.pack(path, out)
+    assert packed == out and left_out == ("w16_s1",) and list(out.parent.iterdir()) == [out]
+    assert store.list_runs(out) == ["w16_s0", "w8_s0", "w8_s1"]
+    ds = ntkspec.open_sweep(out)
+    assert str(ds["status"].sel(width=16, seed=1).values) == "missing"
+    np.testing.assert_array_equal(
+        ds["trace"].sel(width=8).values, ntkspec.open_sweep(path)["trace"].sel(width=8).values
+    )
 
 
 def test_table_fits_80_columns(store_path):

@@ -463,20 +463,33 @@ def verify(path: str | Path, name: str) -> str | None:
     return None
 
 
-def pack(path: str | Path, out: str | Path | None = None) -> Path:
-    """Write the store folder at `path` as one Zip file (default `<path>.zip`); returns its path.
+def pack(path: str | Path, out: str | Path | None = None) -> tuple[Path, tuple[str, ...]]:
+    """Write the store folder at `path` as one Zip file (default `<path>.zip`): its path, and the
+    names of the runs left out.
 
-    Every run must read back whole (a corrupt one raises `CorruptRunError`); locks are left out.
+    Runs with status "running" are left out: they are training now, or were left so by a killed
+    process, and a resumed sweep trains them again from epoch 0 either way. A live sweep can so be
+    packed at any time (its finished runs are never written again), e.g. to commit what it has
+    finished before the machine goes away. Every other run must read back whole (a corrupt one
+    raises `CorruptRunError`); locks are left out. The file is written beside `out` and then
+    renamed over it, so an interrupted pack leaves an earlier `out` as it was.
     """
     path = Path(path)
     out = Path(out) if out is not None else path.with_name(path.name + ".zip")
-    for name in list_runs(path):
-        read_whole(path, name)
-    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED) as archive:
+    root = zarr.open_group(store=str(path), mode="r", zarr_format=3)
+    names = list_runs(path)
+    left_out = tuple(name for name in names if run_status(root, name) == "running")
+    for name in names:
+        if name not in left_out:
+            read_whole(path, name)
+    skipped = (_LOCKS + "/", *(f"{name}/" for name in left_out))
+    partial = out.with_name(out.name + ".partial")
+    with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
         for key in sorted(_keys(path)):
-            if not key.startswith(_LOCKS + "/"):
+            if not key.startswith(skipped):
                 archive.write(path / key, key)
-    return out
+    partial.replace(out)
+    return out, left_out
 
 
 # ---------------------------------------------------------------------------------- open_sweep
