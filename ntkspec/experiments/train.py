@@ -34,7 +34,7 @@ from ntkspec._typing import Key
 from ntkspec.data import Split
 from ntkspec.experiments.config import OPTIMIZERS, SPACINGS, SweepConfig
 from ntkspec.experiments.measure import Measure, ntk_traces
-from ntkspec.experiments.records import Record
+from ntkspec.experiments.records import METRIC_FIELDS, Record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -542,12 +542,7 @@ def _metrics(graphdef, params, train_set, test_set) -> dict[str, np.ndarray]:
     """Per network, loss and accuracy on its training and test set (`records.METRIC_FIELDS`)."""
     train_loss, train_accuracy = (np.asarray(a, np.float64) for a in _evaluate(graphdef, params, *train_set))
     test_loss, test_accuracy = (np.asarray(a, np.float64) for a in _evaluate(graphdef, params, *test_set))
-    return {
-        "train_loss": train_loss,
-        "test_loss": test_loss,
-        "train_accuracy": train_accuracy,
-        "test_accuracy": test_accuracy,
-    }
+    return dict(zip(METRIC_FIELDS, (train_loss, test_loss, train_accuracy, test_accuracy), strict=True))
 
 
 def _arrays(columns: dict[str, list]) -> dict[str, np.ndarray]:
