@@ -295,6 +295,8 @@ def test_corrupt_finished_run_is_named_and_rerun(tiny_config, tmp_path):
     summary = sweep.run_sweep(config)
     assert summary.corrupt == ("w8_s1",) and summary.done == ("w8_s1",) and summary.skipped == ("w8_s0",)
     after = _check_complete(config.store_path, config)
-    for name, arrays in before.items():  # the rerun reproduces it; nothing else changed
-        for field in ("epoch", "train_loss", "test_loss", "trace", "top_eigenvalues"):
-            np.testing.assert_array_equal(after[name][field], arrays[field])
+    for field in ("epoch", "train_loss", "test_loss", "trace", "top_eigenvalues"):
+        np.testing.assert_array_equal(after["w8_s0"][field], before["w8_s0"][field])  # not touched
+        # The rerun reproduces w8_s1, trained alone now and first in an ensemble of two: another
+        # program, equal to float32 rounding (bit for bit on some CPUs, not on all).
+        np.testing.assert_allclose(after["w8_s1"][field], before["w8_s1"][field], rtol=1e-5)
