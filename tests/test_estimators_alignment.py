@@ -16,6 +16,7 @@ from ntkspec.estimators import (
     kernel_target_alignment_stochastic,
     one_hot_targets,
     principal_angles,
+    subspace_rank,
     top_eigenpairs,
 )
 from ntkspec.models import build
@@ -126,6 +127,47 @@ def test_eigenvector_rotation_recovers_a_known_angle():
     default = eigenvector_rotation(kernel, kernel)
     assert default.rank == round(exact_summary(kernel)["erank"])
     np.testing.assert_allclose(default.overlap, 1.0, atol=1e-6)
+
+
+def test_principal_angles_between_subspaces_of_two_dimensions(key):
+    k1, k2 = jax.random.split(key)
+    u1 = jnp.linalg.qr(jax.random.normal(k1, (50, 3)))[0]
+    u2 = jnp.linalg.qr(jax.random.normal(k2, (50, 6)))[0]
+    for a, b in ((u1, u2), (u2, u1)):
+        rotation = principal_angles(a, b)
+        assert rotation.rank == 3 and rotation.angles.shape == (3,)
+        np.testing.assert_allclose(rotation.angles, np.sort(scipy.linalg.subspace_angles(a, b)), atol=1e-10)
+    inside = principal_angles(u2[:, :2], u2)  # a subspace of the other: no rotation
+    np.testing.assert_allclose(inside.overlap, 1.0, atol=1e-12)
+    with pytest.raises(ValueError, match="`u2`: got .* expected orthonormal columns with 50 rows"):
+        principal_angles(u1, u2[:40])
+
+
+def test_subspace_rank_moves_a_cut_multiplet_to_its_end():
+    lam = np.array([9.0, 5.0, 3.0, 3.0, 3.0 * (1 - 1e-9), 2.0, 2.0])
+    assert [subspace_rank(lam, r) for r in (1, 2, 3, 4, 5, 6, 7)] == [1, 2, 5, 5, 5, 7, 7]
+    assert subspace_rank(lam, 3, rtol=1e-12) == 4  # 3(1 - 1e-9) is another eigenvalue at this tolerance
+    assert subspace_rank(lam[:4], 3) == 4  # none known past the last
+    with pytest.raises(ValueError, match="`r`"):
+        subspace_rank(lam, 0)
+
+
+def test_rotation_at_a_cut_multiplet_does_not_depend_on_its_basis(key):
+    """A triple eigenvalue at positions 4-6 and r = 5: eigh returns some basis of the triple; a
+    perturbation of 1e-9 (below the tolerance) makes it another. The rotation of the kernel against
+    itself so perturbed is 0, as the subspaces are the same; cut at r = 5 it would not be."""
+    n = 30
+    basis = np.linalg.qr(np.asarray(jax.random.normal(key, (n, n), jnp.float64)))[0]
+    lam = np.array([10.0, 8.0, 6.0, 5.0, 5.0, 5.0] + list(np.geomspace(2.0, 0.01, n - 6)))
+    kernel = (basis * lam) @ basis.T
+    mix = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))[0]
+    turned = basis[:, 3:6] @ mix  # another basis of the triple's eigenspace
+    other = kernel + 1e-9 * (np.outer(turned[:, 0], turned[:, 0]) - np.outer(turned[:, 2], turned[:, 2]))
+    rotation = eigenvector_rotation(kernel, other, rank=5)
+    assert rotation.rank == 6
+    np.testing.assert_allclose(rotation.overlap, 1.0, atol=1e-10)
+    u, v = (np.linalg.eigh(k)[1][:, ::-1][:, :5] for k in (kernel, other))
+    assert 1 - np.linalg.norm(u.T @ v) ** 2 / 5 > 1e-3  # the plain cut at r = 5 sees a rotation
 
 
 def test_rotation_from_lanczos_eigenvectors(key):

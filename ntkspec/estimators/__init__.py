@@ -18,6 +18,7 @@ from ntkspec.estimators.alignment import (
     kernel_target_alignment_stochastic,
     one_hot_targets,
     principal_angles,
+    subspace_rank,
 )
 from ntkspec.estimators.dense import DenseOperator, as_operator
 from ntkspec.estimators.eigs import Eigenpairs, ritz_pairs, top_eigenpairs
@@ -68,6 +69,7 @@ __all__ = [
     "principal_angles",
     "ritz_pairs",
     "slq",
+    "subspace_rank",
     "top_eigenpairs",
     "xlogx",
     "xnystrace",

@@ -33,7 +33,11 @@ the delta method on the probes' 2 × 2 covariance of ‖(K₁ − K₂)g‖² an
 Rotation. Principal angles between the top-r eigenvector subspaces of two kernels (Björck & Golub
 1973): cos θᵢ are the singular values of U₁ᵀU₂ for orthonormal bases U₁, U₂ (dense `eigh` or the
 Lanczos eigenvectors of `top_eigenpairs` / `krylov_spectrum`), with r the effective rank of the
-first kernel rounded when not given.
+first kernel rounded when not given. A top-r subspace is unique only where λ_r > λ_{r+1}; NTKs have
+exactly equal eigenvalues (a network whose last hidden layer is narrower than its C outputs: the
+output directions that layer cannot reach see only the last layer's kernel, the same in each), so an
+r inside such a multiplet is moved to its end (`subspace_rank`), and the subspaces compared may then
+differ in dimension by a few.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from ntkspec._errors import bad_value, describe
 from ntkspec.estimators._common import (
@@ -79,8 +84,9 @@ class DistanceEstimate(NamedTuple):
 
 
 class Rotation(NamedTuple):
-    """Principal angles (r,) in radians, ascending, between two r-dimensional subspaces; `overlap`
-    = Σ cos²θᵢ / r = ‖U₁ᵀU₂‖_F² / r (1: same subspace, r/n: unrelated)."""
+    """Principal angles (r,) in radians, ascending, between a p- and a q-dimensional subspace,
+    r = min(p, q); `overlap` = Σ cos²θᵢ / r = ‖U₁ᵀU₂‖_F² / r (1: the smaller subspace lies in the
+    other, about max(p, q)/n: unrelated)."""
 
     angles: jax.Array
     overlap: jax.Array
@@ -208,31 +214,52 @@ def kernel_comparison_stochastic(
     return alignment, DistanceEstimate(distance, spread / jnp.sqrt(p), m)
 
 
+#: Eigenvalues closer than this times the largest count as equal in `subspace_rank` (float32
+#: round-off splits an exact multiplet of an NTK by about 1e-7 of its largest eigenvalue).
+DEGENERATE_RTOL = 1e-6
+
+
+def subspace_rank(eigenvalues, r: int, rtol: float = DEGENERATE_RTOL) -> int:
+    """The smallest r′ ≥ r whose top-r′ eigenvector subspace is unique: λ_r′ − λ_r′₊₁ > rtol · λ₁
+    (eigenvalues descending, 1-based), or r′ = len(eigenvalues) (none known past it).
+
+    An r that cuts a multiplet of equal eigenvalues moves to the multiplet's end, so the subspace
+    does not depend on which basis of the multiplet `eigh` or Lanczos returned. Host function.
+    """
+    lam = np.asarray(eigenvalues, dtype=np.float64)
+    r = min(check_positive_int("r", r), lam.size)
+    tol = rtol * abs(lam[0])
+    while r < lam.size and lam[r - 1] - lam[r] <= tol:
+        r += 1
+    return r
+
+
 def principal_angles(u1, u2) -> Rotation:
-    """Principal angles between span(u1) and span(u2), both (n, r) with orthonormal columns."""
+    """Principal angles between span(u1) and span(u2), (n, p) and (n, q) with orthonormal columns:
+    min(p, q) of them."""
     u1, u2 = jnp.asarray(u1), jnp.asarray(u2)
-    if u1.ndim != 2 or u1.shape != u2.shape:
-        raise bad_value("u2", describe(u2), f"orthonormal columns of the same shape as u1, {u1.shape}")
+    if u1.ndim != 2 or u2.ndim != 2 or u1.shape[0] != u2.shape[0]:
+        raise bad_value("u2", describe(u2), f"orthonormal columns with {u1.shape[0]} rows, as u1 {u1.shape}")
     acc = projected_dtype()
     cosines = jnp.linalg.svd(u1.T.astype(acc) @ u2.astype(acc), compute_uv=False)
     cosines = jnp.clip(cosines, 0.0, 1.0)
-    return Rotation(jnp.arccos(cosines), jnp.mean(cosines**2), u1.shape[1])
+    return Rotation(jnp.arccos(cosines), jnp.mean(cosines**2), min(u1.shape[1], u2.shape[1]))
 
 
 def eigenvector_rotation(kernel1, kernel2, *, rank: int | None = None) -> Rotation:
-    """Principal angles between the top-r eigenvector subspaces of two dense kernels (exact `eigh`).
-
-    r defaults to the effective rank exp H of `kernel1`, rounded (a host value: pass `rank`
-    explicitly to use this under `jit`).
+    """Principal angles between the top eigenvector subspaces of two dense kernels (exact `eigh`):
+    kernel1's top r₁ = `subspace_rank`(λ(kernel1), r) and kernel2's top `subspace_rank`(λ(kernel2), r₁),
+    r = `rank`, by default the effective rank exp H of `kernel1` rounded. Host function.
     """
     k1, k2 = _same_square(kernel1, kernel2)
     lam1, vec1 = jnp.linalg.eigh(k1)
-    _, vec2 = jnp.linalg.eigh(k2)
+    lam2, vec2 = jnp.linalg.eigh(k2)
     if rank is None:
         entropy = entropy_from_eigenvalues(lam1.astype(projected_dtype()))
         rank = max(1, round(float(jnp.exp(entropy))))
-    r = check_positive_int("rank", rank)
-    return principal_angles(vec1[:, ::-1][:, :r], vec2[:, ::-1][:, :r])
+    r1 = subspace_rank(lam1[::-1], check_positive_int("rank", rank))
+    r2 = subspace_rank(lam2[::-1], r1)
+    return principal_angles(vec1[:, ::-1][:, :r1], vec2[:, ::-1][:, :r2])
 
 
 def _same_square(kernel1, kernel2) -> tuple[jax.Array, jax.Array]:

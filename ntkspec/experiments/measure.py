@@ -45,6 +45,7 @@ from ntkspec.estimators import (
     kernel_target_alignment_stochastic,
     one_hot_targets,
     principal_angles,
+    subspace_rank,
     top_eigenpairs,
 )
 from ntkspec.experiments.config import SweepConfig, run_keys
@@ -150,17 +151,16 @@ class Measure:
         if self.infinite is not None:
             infinite = self._compare(op, self.infinite, jax.random.fold_in(key, 5))
         test_error, test_mse = self._regression(model)
-        rank = max(1, round(raw.effective_rank))
+        # Eq. 17: the previous record's top-r subspace against this one's of (about) its dimension,
+        # each r moved past any multiplet it cuts (`subspace_rank`).
         previous = self.vectors
-        keep = rank if previous is None else max(rank, previous.shape[1])
-        vectors = self._eigenvectors(op, min(keep, op.shape[0]), jax.random.fold_in(key, 3))
-        rotation = (
-            np.nan
-            if previous is None
-            else 1.0 - float(principal_angles(previous, vectors[:, : previous.shape[1]]).overlap)
-        )
+        wanted = [max(1, round(raw.effective_rank))] + ([] if previous is None else [previous.shape[1]])
+        ranks, vectors = self._eigenvectors(op, wanted, jax.random.fold_in(key, 3))
+        rotation = np.nan
+        if previous is not None:
+            rotation = 1.0 - float(principal_angles(previous, vectors[:, : ranks[1]]).overlap)
         if consecutive:
-            self.previous, self.vectors = op, vectors[:, :rank]
+            self.previous, self.vectors = op, vectors[:, : ranks[0]]
         return Record(
             epoch=epoch,
             **metrics,
@@ -239,18 +239,28 @@ class Measure:
             result = _label_alignment_stochastic(op, self.targets, key, num_matvecs=ALIGNMENT_MATVECS)
         return float(result.value), float(result.stderr)
 
-    def _eigenvectors(self, op, r: int, key: Key) -> np.ndarray:
-        """The top-r eigenvectors of K (n, r), descending: `eigh` of the dense kernel, else Ritz vectors."""
-        if isinstance(op, DenseOperator):
-            n = op.shape[0]
-            kernel = np.asarray(op.dense(), dtype=np.float64)
-            _, vectors = scipy.linalg.eigh(kernel, subset_by_index=[n - r, n - 1], driver="evr")
-            return vectors[:, ::-1]
-        # k is r rounded up to a power of two: one compiled program serves the ranks of a whole run
-        # (r moves from record to record), not one per rank.
-        k = min(op.shape[0], 1 << (r - 1).bit_length())
-        budget = max(EIGENVECTOR_MATVECS, 4 * k)
-        return np.asarray(_top_eigenpairs(op, key, k=k, budget=budget).vectors)[:, :r]
+    def _eigenvectors(self, op, ranks: list[int], key: Key) -> tuple[list[int], np.ndarray]:
+        """`subspace_rank` of each of `ranks` in K's spectrum, and K's top eigenvectors (n, m),
+        descending, m at least the largest of those: `eigh` of the dense kernel, else Ritz vectors.
+        C more than the largest rank are computed (an NTK's multiplets have at most about C members),
+        and more while a multiplet reaches the last one."""
+        n = op.shape[0]
+        m = min(n, max(ranks) + self.num_classes)
+        while True:
+            if isinstance(op, DenseOperator):
+                kernel = np.asarray(op.dense(), dtype=np.float64)
+                values, vectors = scipy.linalg.eigh(kernel, subset_by_index=[n - m, n - 1], driver="evr")
+                values, vectors = values[::-1], vectors[:, ::-1]
+            else:
+                # k is m rounded up to a power of two: one compiled program serves the ranks of a
+                # whole run (r moves from record to record), not one per rank.
+                k = min(n, 1 << (m - 1).bit_length())
+                pairs = _top_eigenpairs(op, key, k=k, budget=max(EIGENVECTOR_MATVECS, 4 * k))
+                values, vectors = np.asarray(pairs.values), np.asarray(pairs.vectors)
+            found = [subspace_rank(values, min(r, n)) for r in ranks]
+            if max(found) < values.size or values.size == n:
+                return found, vectors
+            m = min(n, 2 * values.size)
 
 
 @functools.partial(jax.jit, static_argnums=0, static_argnames="mesh")

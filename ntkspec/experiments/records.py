@@ -25,7 +25,9 @@ class Record:
     (sample-major; the reference study's eq. 16). `eigenvector_rotation` is 1 − ‖U_rᵀ U'_r‖_F² / r, the
     misalignment of the top-r eigenvectors U'_r of K with those U_r of the record before (r = the
     effective rank there, rounded; the study's eq. 17): 0 for the same subspace, 1 for orthogonal
-    ones, NaN at the first record.
+    ones, NaN at the first record. Each r that cuts a multiplet of equal eigenvalues (to 1e-6 of the
+    largest) is moved to the multiplet's end (`ntkspec.estimators.subspace_rank`), so that the
+    subspace is unique; the norm is then divided by the smaller r.
 
     How the kernel moves (Fort et al. 2020; Vyas, Bansal & Nakkiran 2022): `kernel_velocity` is
     1 − A(K_prev, K) with the kernel K_prev of the record before (NaN at the first record; for the
