@@ -242,8 +242,8 @@ class Measure:
     def _eigenvectors(self, op, ranks: list[int], key: Key) -> tuple[list[int], np.ndarray]:
         """`subspace_rank` of each of `ranks` in K's spectrum, and K's top eigenvectors (n, m),
         descending, m at least the largest of those: `eigh` of the dense kernel, else Ritz vectors.
-        C more than the largest rank are computed (an NTK's multiplets have at most about C members),
-        and more while a multiplet reaches the last one."""
+        C (the number of classes) more than the largest rank are computed, and twice as many while a
+        multiplet reaches the last one."""
         n = op.shape[0]
         m = min(n, max(ranks) + self.num_classes)
         while True:
