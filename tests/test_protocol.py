@@ -180,6 +180,19 @@ def test_label_alignment_and_rotation_against_dense_references(split, key, metho
     assert 0 < b.eigenvector_rotation < 1
 
 
+def test_ritz_vectors_for_more_ranks_than_the_default_krylov_basis_holds(key):
+    """r = 150 needs k = 256 Ritz pairs, more than top_eigenpairs' default basis of 200 columns
+    holds: the basis grows to fit them; the top ones agree with `eigh` of the dense kernel."""
+    forty = data.split(data.load("digits"), 10, 40, jax.random.key(0), n_test=10)
+    op = ntkspec.ntk(_model(width=64), forty.x_ntk)  # 400 rows
+    ranks, vectors = Measure(forty, key)._eigenvectors(op, [150], key)
+    assert ranks[0] >= 150 and vectors.shape == (400, 256)
+    np.testing.assert_allclose(vectors.T @ vectors, np.eye(256), atol=1e-4)
+    exact = np.linalg.eigh(np.asarray(op.dense(), np.float64))[1][:, ::-1][:, :10]
+    overlap = np.linalg.norm(exact.T @ vectors[:, :10]) ** 2 / 10
+    assert overlap > 0.999
+
+
 @pytest.mark.parametrize(
     ("values", "message"),
     [

@@ -61,6 +61,9 @@ ALIGNMENT_MATVECS = 100
 #: Least matvecs for the stochastic top-r eigenvectors of the rotation (4 k when larger, k ≥ r the
 #: power of two the eigenpairs are computed for).
 EIGENVECTOR_MATVECS = 400
+#: Columns per block Lanczos step of those eigenvectors (≥ C: an NTK's top eigenvalues come in
+#: multiplets of about C; 10 for the 10 classes of MNIST and digits).
+EIGENVECTOR_BLOCK = 10
 #: Ridge of the kernel regression relative to the mean diagonal: λ = RIDGE · tr K(X, X) / n (scale-
 #: free across widths, and keeps the Cholesky factorisation well posed in float32).
 RIDGE = 1e-4
@@ -244,18 +247,21 @@ class Measure:
         descending, m at least the largest of those: `eigh` of the dense kernel, else Ritz vectors.
         C (the number of classes) more than the largest rank are computed, and twice as many while a
         multiplet reaches the last one."""
-        n = op.shape[0]
+        n, b = op.shape[0], EIGENVECTOR_BLOCK
         m = min(n, max(ranks) + self.num_classes)
         while True:
-            if isinstance(op, DenseOperator):
+            # Ritz pairs for k = m rounded up to a power of two: one compiled program serves the
+            # ranks of a whole run (r moves from record to record), not one per rank. A k too
+            # close to n for a Krylov basis of k + 2 blocks means a small kernel: `eigh` it.
+            k = 1 << (m - 1).bit_length()
+            if isinstance(op, DenseOperator) or k + 3 * b > n:
                 kernel = np.asarray(op.dense(), dtype=np.float64)
                 values, vectors = scipy.linalg.eigh(kernel, subset_by_index=[n - m, n - 1], driver="evr")
                 values, vectors = values[::-1], vectors[:, ::-1]
             else:
-                # k is m rounded up to a power of two: one compiled program serves the ranks of a
-                # whole run (r moves from record to record), not one per rank.
-                k = min(n, 1 << (m - 1).bit_length())
-                pairs = _top_eigenpairs(op, key, k=k, budget=max(EIGENVECTOR_MATVECS, 4 * k))
+                basis = min(n - b, max(20 * b, k + 2 * b))  # top_eigenpairs' default, or room for k
+                budget = max(EIGENVECTOR_MATVECS, 4 * k)
+                pairs = _top_eigenpairs(op, key, k=k, block_size=b, budget=budget, max_basis=basis)
                 values, vectors = np.asarray(pairs.values), np.asarray(pairs.vectors)
             found = [subspace_rank(values, min(r, n)) for r in ranks]
             if max(found) < values.size or values.size == n:
