@@ -54,7 +54,8 @@ def top_eigenpairs(
     k : number of eigenpairs.
     block_size : b, columns per Krylov step (≥ C for an NTK with C outputs).
     budget : largest number of matvecs to spend (whole blocks).
-    max_basis : basis columns before a restart (default: min(budget, 20·b, n − b), whole blocks).
+    max_basis : basis columns before a restart (default: min(budget, 20·b, n − b), whole blocks,
+        widened to the k kept vectors plus one block where k needs more, up to n − b).
     tol : convergence when every top-k residual ≤ tol·θ₁ (default: 10·eps of the dtype, i.e.
         working precision).
     """
@@ -62,7 +63,11 @@ def top_eigenpairs(
     k = check_positive_int("k", k)
     b = check_positive_int("block_size", block_size)
     budget = check_positive_int("budget", budget, b)
-    cols = min(budget, 20 * b, n - b) if max_basis is None else max_basis
+    if max_basis is None:
+        room = -(-(k + b) // b) * b  # the k kept Ritz vectors and one block, in whole blocks
+        cols = min(n - b, max(min(budget, 20 * b), room))
+    else:
+        cols = max_basis
     cols = check_positive_int("max_basis", cols, 1) // b * b
     keep = min(cols - b, max(k, cols // 2))
     if keep < k or cols > n - b:

@@ -249,21 +249,22 @@ class Measure:
         multiplet reaches the last one."""
         n, b = op.shape[0], EIGENVECTOR_BLOCK
         m = min(n, max(ranks) + self.num_classes)
+        kernel = None  # K in float64, formed once where `eigh` is used
         while True:
             # Ritz pairs for k = m rounded up to a power of two: one compiled program serves the
             # ranks of a whole run (r moves from record to record), not one per rank. A k too
             # close to n for a Krylov basis of k + 2 blocks means a small kernel: `eigh` it.
             k = 1 << (m - 1).bit_length()
             if isinstance(op, DenseOperator) or k + 3 * b > n:
-                kernel = np.asarray(op.dense(), dtype=np.float64)
+                if kernel is None:
+                    kernel = np.asarray(op.dense(), dtype=np.float64)
                 values, vectors = scipy.linalg.eigh(kernel, subset_by_index=[n - m, n - 1], driver="evr")
                 values, vectors = values[::-1], vectors[:, ::-1]
             else:
-                basis = min(n - b, max(20 * b, k + 2 * b))  # top_eigenpairs' default, or room for k
                 budget = max(EIGENVECTOR_MATVECS, 4 * k)
-                pairs = _top_eigenpairs(op, key, k=k, block_size=b, budget=budget, max_basis=basis)
+                pairs = _top_eigenpairs(op, key, k=k, block_size=b, budget=budget)
                 values, vectors = np.asarray(pairs.values), np.asarray(pairs.vectors)
-            found = [subspace_rank(values, min(r, n)) for r in ranks]
+            found = [subspace_rank(values, r) for r in ranks]
             if max(found) < values.size or values.size == n:
                 return found, vectors
             m = min(n, 2 * values.size)
