@@ -290,7 +290,8 @@ def compare(
     store_a: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
     store_b: Annotated[Path, typer.Argument(help=STORE_HELP, exists=True)],
 ) -> None:
-    """The power-law exponents two sweeps share (e.g. two depths), and their difference with a 95 % CI."""
+    """The power-law exponents two sweeps share (e.g. two depths), and their difference with a 95 % CI;
+    where their fitted ranges differ, again over the range both share."""
     from ntkspec.experiments.analysis import analyze_store
     from ntkspec.experiments.analysis import compare as compare_analyses
 
@@ -307,7 +308,8 @@ def compare(
 
         for row in compare_analyses(a, b):
             diff, low, high = row.difference
-            table.add_row(row.quantity, law(row.a), law(row.b), f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]")
+            quantity = f"{row.quantity} (shared range)" if row.shared_range else row.quantity
+            table.add_row(quantity, law(row.a), law(row.b), f"{diff:+.3f} [{low:+.3f}, {high:+.3f}]")
         console.print(table)
 
 

@@ -323,10 +323,21 @@ def test_compare_two_sweeps_names_the_shared_exponents(tmp_path, monkeypatch):
     store = write_sweep(tmp_path / "one.zarr", transition=100.0, **small)
     other = write_sweep(tmp_path / "other.zarr", transition=300.0, **small)
     a, b = analysis.analyze_store(store), analysis.analyze_store(other)
-    rows = compare(a, b)
-    assert [row.quantity for row in rows] == [name for name in a.fits if name in b.fits]
-    row = next(r for r in rows if r.quantity == "trace_ratio")
+    rows = compare(a, b, n_boot=100)
+    own = [row for row in rows if not row.shared_range]
+    assert [row.quantity for row in own] == [name for name in a.fits if name in b.fits]
+    row = next(r for r in own if r.quantity == "trace_ratio")
     assert row.difference == exponent_difference(a.fits["trace_ratio"], b.fits["trace_ratio"])
+    # Past breakpoints at 100 and 300 the trace ratios' own ranges differ; refitted over the widths
+    # both share, each is the power law of its runs there.
+    assert (row.a.x_min, row.a.x_max) != (row.b.x_min, row.b.x_max)
+    shared = next(r for r in rows if r.shared_range and r.quantity == "trace_ratio")
+    low, high = max(row.a.x_min, row.b.x_min), min(row.a.x_max, row.b.x_max)
+    for fit, analysed in ((shared.a, a), (shared.b, b)):
+        x, y, seeds = analysed.per_run("trace_ratio")
+        assert fit == fit_power_law(x, y, seeds, n_boot=100, rng=0, x_min=low, x_max=high)
+    assert shared.difference == exponent_difference(shared.a, shared.b)
     result = CliRunner().invoke(app, ["compare", str(store), str(other)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "trace_ratio" in result.output and f"{row.difference[0]:+.3f}" in result.output
+    assert "trace_ratio (shared range)" in result.output

@@ -517,21 +517,51 @@ def _sign(values: np.ndarray) -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Comparison:
-    """A quantity's power law in two sweeps (`a`, `b`, each over its own fitted range) and the
-    difference of their exponents, exponent(a) − exponent(b), with its interval (`fits.exponent_difference`:
-    the seeds of two sweeps are independent)."""
+    """A quantity's power law in two sweeps (`a`, `b`) and the difference of their exponents,
+    exponent(a) − exponent(b), with its interval (`fits.exponent_difference`: the seeds of two sweeps
+    are independent). Each fit spans its own range unless `shared_range`: then both span the groups
+    the two sweeps' own ranges share."""
 
     quantity: str
     a: PowerLaw
     b: PowerLaw
     difference: tuple[float, float, float]
+    shared_range: bool = False
 
 
-def compare(a: Analysis, b: Analysis, level: float = 0.95) -> list[Comparison]:
+def compare(
+    a: Analysis, b: Analysis, level: float = 0.95, n_boot: int = 1000, rng: int = 0
+) -> list[Comparison]:
     """The exponents of the quantities fitted in both sweeps, compared (e.g. the trace ratio's at two
-    depths, each past its own transition: the reference study finds them equal)."""
-    return [
-        Comparison(name, a.fits[name], b.fits[name], exponent_difference(a.fits[name], b.fits[name], level))
-        for name in a.fits
-        if name in b.fits
-    ]
+    depths, each past its own transition: the reference study finds them equal).
+
+    Where the two fits span different ranges (two breakpoints, say), a second row refits both over
+    the overlap of the ranges (seed bootstrap with `n_boot` replicates from `rng`), so that a
+    difference of range is not read as one of exponent. No such row where the overlap holds fewer
+    groups than a fit needs, nor for the loss above its fitted floor.
+    """
+    rows = []
+    for name, fit_a in a.fits.items():
+        if name not in b.fits:
+            continue
+        fit_b = b.fits[name]
+        rows.append(Comparison(name, fit_a, fit_b, exponent_difference(fit_a, fit_b, level)))
+        if name not in FITTED or (fit_a.x_min, fit_a.x_max) == (fit_b.x_min, fit_b.x_max):
+            continue
+        span = {"x_min": max(fit_a.x_min, fit_b.x_min), "x_max": min(fit_a.x_max, fit_b.x_max)}
+        try:
+            shared = [_refit(analysis, name, level, n_boot, rng, **span) for analysis in (a, b)]
+        except ValueError:  # the overlap holds fewer than two groups
+            continue
+        rows.append(Comparison(name, *shared, exponent_difference(*shared, level), shared_range=True))
+    return rows
+
+
+def _refit(
+    analysis: Analysis, name: str, level: float, n_boot: int, rng: int, x_min: float, x_max: float
+) -> PowerLaw:
+    """`name`'s power law over the groups in [x_min, x_max], from the analysis's runs (the
+    adaptation rate signed as in `Analysis.fits`)."""
+    x, y, seeds = analysis.per_run(name)
+    y = y * (analysis.adaptation_sign if name == "adaptation_rate_at_min" else 1.0)
+    return fit_power_law(x, y, seeds, n_boot=n_boot, level=level, rng=rng, x_min=x_min, x_max=x_max)
