@@ -341,3 +341,7 @@ def test_compare_two_sweeps_names_the_shared_exponents(tmp_path, monkeypatch):
     assert result.exit_code == 0, result.output
     assert "trace_ratio" in result.output and f"{row.difference[0]:+.3f}" in result.output
     assert "trace_ratio (shared range)" in result.output
+    with pytest.raises(ValueError, match="n_boot"):
+        compare(a, b, n_boot=1)
+    with pytest.raises(ValueError, match="level"):
+        compare(a, b, level=1.5)

@@ -25,6 +25,7 @@ from ntkspec.experiments.fits import (
     Breakpoint,
     Ensemble,
     PowerLaw,
+    check_bootstrap,
     ensemble,
     exponent_difference,
     fit_breakpoint,
@@ -540,6 +541,7 @@ def compare(
     difference of range is not read as one of exponent. No such row where the overlap holds fewer
     groups than a fit needs, nor for the loss above its fitted floor.
     """
+    check_bootstrap(n_boot, level)
     rows = []
     for name, fit_a in a.fits.items():
         if name not in b.fits:

@@ -117,7 +117,7 @@ def fit_power_law(
     x_min, x_max
         Fit only the groups inside this range (e.g. below a saturation point).
     """
-    _check_level(n_boot, level)
+    check_bootstrap(n_boot, level)
     xs, values = _seed_matrix(x, y, seeds, x_min, x_max)
     u = np.log(xs)
     v, w = _log_means(values[None, 0])
@@ -172,7 +172,7 @@ def fit_offset_power_law(
     [0, min mean): for each candidate the rest is the log-log line of `fit_power_law`, and the
     candidate of least squared log residual wins. Bootstrap replicates repeat the whole fit.
     """
-    _check_level(n_boot, level)
+    check_bootstrap(n_boot, level)
     xs, values = _seed_matrix(x, y, seeds)
     means = nanmean(values[0])
     if np.sum(np.isfinite(means)) < 3:
@@ -251,7 +251,7 @@ def paired_exponent_difference(
     the seed labels once for both, so the interval keeps their correlation across seeds (expanded
     percentile interval at `level`, as `fit_power_law`).
     """
-    _check_level(n_boot, level)
+    check_bootstrap(n_boot, level)
     xa, ya = _pair("x", x, "y_a", y_a)
     _, yb = _pair("x", x, "y_b", y_b)
     xs, values = _seed_matrix(xa, np.stack([ya, yb], axis=1), seeds)
@@ -335,7 +335,7 @@ def fit_breakpoint(
         Per run, one value (shape (runs,)) or one value per series (shape (runs, series)) fitted
         with a shared breakpoint, e.g. effective rank and trace ratio for the transition width.
     """
-    _check_level(n_boot, level)
+    check_bootstrap(n_boot, level)
     if n_grid < 2:
         raise bad_value("n_grid", n_grid, "an integer >= 2")
     xs, values = _seed_matrix(x, y, seeds)  # values: (series, groups, seeds)
@@ -393,7 +393,8 @@ def _pair(x_name: str, x: ArrayLike, y_name: str, y: ArrayLike) -> tuple[np.ndar
     return xa, ya
 
 
-def _check_level(n_boot: int, level: float) -> None:
+def check_bootstrap(n_boot: int, level: float) -> None:
+    """Raise a clear error unless `n_boot` is an integer >= 2 and `level` lies in (0, 1)."""
     if not (isinstance(n_boot, int | np.integer) and n_boot >= 2):
         raise bad_value("n_boot", n_boot, "an integer >= 2")
     if not 0 < level < 1:
