@@ -58,8 +58,8 @@ def top_eigenpairs(
         widened to the k kept vectors plus one block where k needs more, up to n − b).
     tol : convergence when every top-k residual ≤ tol·θ₁ (default: 10·√n·eps of the dtype). The
         computed residuals cannot fall much below √n·eps·θ₁, the rounding of a matvec, and grow a
-        little with each restart (KY is carried, not recomputed): a float64 kernel of n = 400 stalls
-        at 11–20 eps after 13–28 restarts, so a default of 10·eps never converged there.
+        little with each restart (KY is carried, not recomputed): a float64 kernel of n = 400 stalled
+        at 11–20 eps after 13–28 restarts (unoptimised XLA:CPU), where a 10·eps default never converged.
     """
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     k = check_positive_int("k", k)
