@@ -35,6 +35,7 @@ from ntkspec.data import Split
 from ntkspec.experiments.config import OPTIMIZERS, SPACINGS, SweepConfig
 from ntkspec.experiments.measure import Measure, ntk_traces
 from ntkspec.experiments.records import METRIC_FIELDS, Record
+from ntkspec.precision import full_precision
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,20 +65,39 @@ class TrainResult:
 
 
 @functools.cache
+def _learning_rate_in_state(name: str, b1: float, b2: float, momentum: float) -> optax.GradientTransformation:
+    """Adam or SGD with the learning rate a value of the optimiser state (`optax.inject_hyperparams`),
+    not a constant of the compiled program; one object per setting of the other hyperparameters."""
+    if name == "adam":
+        return optax.inject_hyperparams(optax.adam, static_args=("b1", "b2"))(learning_rate=0.0, b1=b1, b2=b2)
+    if name == "sgd":
+        return optax.inject_hyperparams(optax.sgd, static_args=("momentum",))(
+            learning_rate=0.0, momentum=momentum or None
+        )
+    raise bad_value("optimizer", repr(name), f"one of {OPTIMIZERS}")
+
+
+@functools.cache
 def make_optimizer(
     name: str, lr: float, *, b1: float = 0.9, b2: float = 0.999, momentum: float = 0.9
 ) -> optax.GradientTransformation:
     """Adam (Kingma & Ba 2015; `b1`, `b2`) or SGD with heavy-ball `momentum`, at learning rate `lr`.
 
-    Cached: equal settings give the same object, so the runs of a sweep that share them share one
-    compiled training loop per architecture (the optimizer is a static argument of the loop)."""
+    The learning rate is set in the state by `init` and read by `update` as a traced value, so the
+    optimisers of every learning rate share one `update` and the training loop (whose static
+    argument it is) compiles once per architecture: a calibration's pilots and the widths' runs
+    reuse it. On a GPU one compilation of the loop took 47 s (benchmarks/RESULTS.md, "GPU"). The
+    learning rate takes the parameters' dtype, so float32 training computes as `optax.adam(lr)`."""
     if not lr > 0:
         raise bad_value("lr", lr, "a positive learning rate")
-    if name == "adam":
-        return optax.adam(lr, b1=b1, b2=b2)
-    if name == "sgd":
-        return optax.sgd(lr, momentum=momentum or None)
-    raise bad_value("optimizer", repr(name), f"one of {OPTIMIZERS}")
+    shared = _learning_rate_in_state(name, b1, b2, momentum)
+
+    def init(params):
+        state = shared.init(params)
+        dtype = jax.tree.leaves(params)[0].dtype
+        return state._replace(hyperparams=dict(state.hyperparams, learning_rate=jnp.asarray(lr, dtype)))
+
+    return optax.GradientTransformation(init, shared.update)
 
 
 def config_optimizer(config: SweepConfig, lr: float) -> optax.GradientTransformation:
@@ -135,16 +155,16 @@ def _select(mask, new, old):
     return jax.tree.map(lambda a, b: jnp.where(mask.reshape(-1, *[1] * (a.ndim - 1)), a, b), new, old)
 
 
-def _step(graphdef, optimizer, params, opt_state, x, y, weights=None):
-    """One optimizer step of one network on (x, y), the loss weighted by `weights` (None: the plain
-    mean): the loss before the step, the parameters and state after."""
+def _step(graphdef, update, params, opt_state, x, y, weights=None):
+    """One step of the optimizer's `update` for one network on (x, y), the loss weighted by `weights`
+    (None: the plain mean): the loss before the step, the parameters and state after."""
 
     value, grads = jax.value_and_grad(lambda p: _loss(nnx.merge(graphdef, p)(x), y, weights))(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
+    updates, opt_state = update(grads, opt_state, params)
     return value, optax.apply_updates(params, updates), opt_state
 
 
-def _epoch(graphdef, optimizer, batch_size, unroll, params, opt_state, x, y, key, epoch):
+def _epoch(graphdef, update, batch_size, unroll, params, opt_state, x, y, key, epoch):
     """Epoch `epoch` (counted from 0) of one network: one full-batch step (`batch_size` None), else
     steps on consecutive minibatches of a permutation of the samples drawn from fold_in(key, epoch),
     the last one smaller when `batch_size` does not divide N (padded, with zero weights), their loop
@@ -152,7 +172,7 @@ def _epoch(graphdef, optimizer, batch_size, unroll, params, opt_state, x, y, key
     (every loss finite, parameters, optimizer state): a pure function of the epoch, so a replay
     retraces it."""
     if batch_size is None:
-        loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x, y)
+        loss, params, opt_state = _step(graphdef, update, params, opt_state, x, y)
         return jnp.isfinite(loss), params, opt_state
     n = x.shape[0]
     batches = -(-n // batch_size)
@@ -163,7 +183,7 @@ def _epoch(graphdef, optimizer, batch_size, unroll, params, opt_state, x, y, key
     def step(carry, batch):
         params, opt_state, finite = carry
         index, weight = batch
-        loss, params, opt_state = _step(graphdef, optimizer, params, opt_state, x[index], y[index], weight)
+        loss, params, opt_state = _step(graphdef, update, params, opt_state, x[index], y[index], weight)
         return (params, opt_state, finite & jnp.isfinite(loss)), None
 
     carry = (params, opt_state, jnp.array(True))
@@ -193,8 +213,9 @@ def _replay_epoch(statics, i, carry, start, key, x, y, x_test, y_test):
 def _compiled_epochs(body, statics, carry, n_steps, *data):
     """Per network e, `n_steps[e]` epochs `body(statics, i, carry, *data)` in one compiled loop.
 
-    `body` and `statics` (graph definition, optimizer, batch size, unroll) are static, so runs of
-    one architecture share one compilation when they share the optimizer object. Under `vmap` the
+    `body` and `statics` (graph definition, the optimizer's update, batch size, unroll) are static,
+    so runs of one architecture share one compilation when their optimizers share an `update` (those
+    of `make_optimizer` do, whatever their learning rate). Under `vmap` the
     loop runs max(n_steps) times and leaves a network's carry unchanged once its own count is done
     (a batched `while_loop` selects): a network given 0 steps (stopped, diverged) is frozen.
     """
@@ -283,6 +304,7 @@ def train(
 
 
 @sharding.computes_on(lambda *args, mesh=None, **kwargs: sharding.as_mesh(mesh))
+@full_precision
 def train_ensemble(
     models: Sequence[nnx.Module],
     splits: Sequence[Split],
@@ -326,8 +348,9 @@ def train_ensemble(
     models : Flax nnx modules mapping inputs to (N, C) logits, of one architecture (the same graph,
         parameter shapes and dtypes); not modified (trained copies are returned).
     splits : one `Split` per model (training, NTK and test samples), all of the same array shapes.
-    optimizer : an Optax transformation, e.g. from `make_optimizer`; reuse one object across runs
-        of one architecture to reuse the compiled training loop.
+    optimizer : an Optax transformation, e.g. from `make_optimizer`; the compiled training loop is
+        reused by runs of one architecture whose optimizers share their `update` (those of
+        `make_optimizer` with the same settings but the learning rate do).
     epochs : increasing recording epochs (see `record_epochs`); the last one is the training length.
         One epoch is one full-batch step, or a pass over the training set in minibatches.
     measures : one `ntkspec.experiments.measure.Measure` per model, called at each recording epoch
@@ -380,7 +403,7 @@ def train_ensemble(
         data = tuple(sharding.shard_batch(a, mesh, leading=1) for a in data)
     x_train, y_train, x_test, y_test = data
     compiled = not _convolves_on_cpu(graphdef, params, x_train)
-    statics = (graphdef, optimizer, batch_size, not compiled)
+    statics = (graphdef, optimizer.update, batch_size, not compiled)
     last = int(epochs[-1])
     recording = set(epochs.tolist())
     points = sorted(recording | set(range(0, last + 1, eval_every)) | {last})
