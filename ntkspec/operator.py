@@ -24,6 +24,7 @@ from jaxtyping import Array, Float
 from ntkspec import exact, sharding
 from ntkspec._errors import bad_value, describe
 from ntkspec.model import adapt, validate
+from ntkspec.precision import full_precision
 
 PROBE_BYTES = 2**30
 _on_its_mesh = sharding.computes_on(lambda op, *args, **kwargs: op.mesh)
@@ -60,6 +61,7 @@ class NTKOperator:
         return (n, n)
 
     @_on_its_mesh
+    @full_precision
     def matvec(self, v: jax.Array) -> jax.Array:
         """K v for v of shape (n,) or (n, k)."""
         n = self.shape[0]
@@ -70,12 +72,14 @@ class NTKOperator:
         return out[:, 0] if v.ndim == 1 else out
 
     @_on_its_mesh
+    @full_precision
     def diagonal(self) -> Float[Array, " n"]:
         """diag K exactly: squared gradient norm of every (sample, output)."""
         d = _diagonal(self)
         return d if self.scale is None else self.scale**2 * d
 
     @_on_its_mesh
+    @full_precision
     def dense(self, path: str = "auto") -> Float[Array, "n n"]:
         """K exactly; `path` is "auto" (structured where the model allows), "structured" or
         "jacobian" (blocked Jacobian contraction for every parameter; for comparison)."""
@@ -85,6 +89,7 @@ class NTKOperator:
         return k if self.scale is None else self.scale[:, None] * k * self.scale[None, :]
 
     @_on_its_mesh
+    @full_precision
     def normalized(self, diagonal: jax.Array | None = None) -> NTKOperator:
         """The cosine NTK D^{-1/2} K D^{-1/2} (rows with D = 0, dead outputs, are set to zero);
         `diagonal`, if given, is D = diag K, already computed."""

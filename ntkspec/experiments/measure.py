@@ -52,6 +52,7 @@ from ntkspec.experiments.config import SweepConfig, run_keys
 from ntkspec.experiments.records import Record
 from ntkspec.infinite import mlp_operator
 from ntkspec.operator import ntk
+from ntkspec.precision import full_precision
 from ntkspec.regression import cross_kernel, fit
 from ntkspec.spectrum import Spectrum, choose_method, spectra
 
@@ -135,6 +136,7 @@ class Measure:
         """The probe key of the record at `epoch` (made where it is used: on the current mesh)."""
         return jax.random.fold_in(jax.random.wrap_key_data(self.key_data), epoch)
 
+    @full_precision
     def __call__(
         self, model: nnx.Module, epoch: int, metrics: dict[str, float], *, consecutive: bool = True
     ) -> Record:
