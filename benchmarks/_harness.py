@@ -41,11 +41,12 @@ ROOT = Path(__file__).resolve().parent.parent  # the repository: workers run fro
 # Processes.
 
 
-def worker_env(devices: int = 1) -> dict[str, str]:
-    """The environment of a measurement process: CPU, `devices` simulated devices, float32 unless the
-    worker enables x64 itself, allocations of 64 KiB or more mmap-ed (so freed buffers leave the
-    resident set and its rise during a call is that call's peak), and SciPy's BLAS on one thread."""
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MALLOC_MMAP_THRESHOLD_="65536")
+def worker_env(devices: int = 1, platform: str = "cpu") -> dict[str, str]:
+    """The environment of a measurement process: JAX on `platform` ("cpu", or "cuda" on a GPU
+    machine), `devices` simulated CPU devices, float32 unless the worker enables x64 itself,
+    allocations of 64 KiB or more mmap-ed (so freed buffers leave the resident set and its rise during
+    a call is that call's peak), and SciPy's BLAS on one thread."""
+    env = dict(os.environ, JAX_PLATFORMS=platform, MALLOC_MMAP_THRESHOLD_="65536")
     # On a shared, oversubscribed CPU, OpenBLAS threads spinning against other jobs made a 1280-row
     # eigvalsh take 0.3-14 s instead of 0.07-0.16 s.
     env.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -59,7 +60,12 @@ def worker_env(devices: int = 1) -> dict[str, str]:
 
 
 def spawn(
-    module_args: list[str], *, devices: int = 1, timeout: float | None = None, echo: bool = False
+    module_args: list[str],
+    *,
+    devices: int = 1,
+    platform: str = "cpu",
+    timeout: float | None = None,
+    echo: bool = False,
 ) -> dict:
     """Run `python -m MODULE ARGS...` in a fresh process; the JSON of its last stdout line.
 
@@ -70,7 +76,7 @@ def spawn(
     try:
         done = subprocess.run(
             [sys.executable, "-m", *module_args],
-            env=worker_env(devices),
+            env=worker_env(devices, platform),
             cwd=ROOT,
             stdout=subprocess.PIPE,
             stderr=None if echo else subprocess.PIPE,
@@ -85,9 +91,10 @@ def spawn(
 
 
 def spawn_task(task: dict, timeout: float | None = None) -> dict:
-    """Run one suite task in a fresh process on one CPU device: `python -m benchmarks _worker TASK`,
-    which runs the function `suite.TASKS[task["kind"]]`."""
-    return spawn(["benchmarks", "_worker", json.dumps(task)], timeout=timeout)
+    """Run one suite task in a fresh process on one device of `task["platform"]` (default "cpu"):
+    `python -m benchmarks _worker TASK`, which runs the function `suite.TASKS[task["kind"]]`."""
+    platform = task.get("platform", "cpu")
+    return spawn(["benchmarks", "_worker", json.dumps(task)], platform=platform, timeout=timeout)
 
 
 def last_error(stderr: str) -> str:

@@ -12,7 +12,10 @@ without it, digits (64 inputs).
 
 Each (case, mode) runs in a fresh process (`_harness.spawn_task`): one sweep into a scratch store
 (compilation included: "cold"), then the same sweep into fresh stores `repeats` times, the fastest
-kept ("warm": the compiled programs reused; best of 3 up to w = 512, one at w = 4096).
+kept ("warm": the compiled programs reused; best of 3 up to w = 512, one at w = 4096; settings may
+set `repeats` for every case). Settings may also name the `platform` the workers run on ("cpu", or
+"cuda" on a GPU machine), the `data_dir` holding mnist/, and a `timeout` per worker (seconds); a
+`data_scaling` of None leaves the data-scaling case out.
 Throughput: the whole sweep's (store writes included); training, epochs x runs per second of the
 sweep's time outside the records; records (each run's record at its minimum included) per second
 of the time spent in them (`Record.spectrum_seconds`: `Measure.__call__`, a
@@ -36,11 +39,12 @@ MODES = {"ensemble": True, "loop": False}
 def _config(case: dict, store: Path):
     from ntkspec.experiments.config import SweepConfig
 
-    mnist = (DATA_DIR / "mnist").is_dir()
+    data_dir = Path(case.get("data_dir") or DATA_DIR)
+    mnist = (data_dir / "mnist").is_dir()
     values = {
         "name": "ensembles",
         "dataset": "mnist" if mnist else "digits",
-        "data_dir": str(DATA_DIR) if mnist else None,
+        "data_dir": str(data_dir) if mnist else None,
         "depth": case["depth"],
         "widths": [case["width"]],
         "seeds": case["seeds"],
@@ -96,13 +100,18 @@ def task(task: dict) -> dict:
 
 def _cases(c: dict) -> list[dict]:
     common = {k: c[k] for k in ("seeds", "n_ntk", "n_test", "epochs", "eval_every", "n_records")}
+    common |= {k: c[k] for k in ("platform", "data_dir") if c.get(k) is not None}
     cases = [
         common
         | {"sweep": "width", "depth": 3, "width": w, "n_train": c["n_train"], "repeats": 3 if w <= 512 else 1}
         for w in c["widths"]
     ]
-    scaling = {"sweep": "data_size", "depth": 4, "width": 8, "n_train": c["data_scaling"], "repeats": 3}
-    return cases + [common | scaling]
+    if c.get("data_scaling") is not None:
+        cases.append(
+            common
+            | {"sweep": "data_size", "depth": 4, "width": 8, "n_train": c["data_scaling"], "repeats": 3}
+        )
+    return [case | {"repeats": c.get("repeats", case["repeats"])} for case in cases]
 
 
 def section(c: dict) -> dict:
@@ -111,7 +120,7 @@ def section(c: dict) -> dict:
     for case in _cases(c):
         row = dict(case)
         for mode, ensemble in MODES.items():
-            out = h.spawn_task({"kind": "ensembles", **case, "ensemble": ensemble})
+            out = h.spawn_task({"kind": "ensembles", **case, "ensemble": ensemble}, timeout=c.get("timeout"))
             row[mode] = out
             h.log(
                 f"ensembles: {case['sweep']} w={case['width']} n={case['n_train']} {mode}: {json.dumps(out)}"

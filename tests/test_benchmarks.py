@@ -115,3 +115,29 @@ def test_harness_programs_are_what_the_library_runs():
     assert got["matvecs"] == stochastic.matvecs and got["xla_bytes"] > 0 and got["peak_bytes"] > 0
     v = jax.random.normal(jax.random.key(1), (op.shape[0], 3), op.dtype)
     np.testing.assert_allclose(h.compile_matvec(op, v)(op, v), op.matvec(v), rtol=1e-6)
+
+
+def test_gpu_exact_stage_compares_both_precisions_with_float64(tmp_path):
+    """`benchmarks.gpu`'s exact stage (run on a lent GPU) on the CPU: one row per precision, each
+    written to its log as it is measured; on the CPU both are float32 arithmetic."""
+    import time
+
+    from benchmarks import gpu
+
+    log = tmp_path / "rows.jsonl"
+    task = {"widths": [8], "reference_max": 8, "deadline": time.monotonic() + 600, "log": str(log)}
+    rows = gpu.exact_task(task)["rows"]
+    assert [row["precision"] for row in rows] == list(gpu.PRECISIONS)
+    for row in rows:
+        assert row["rel_error_vs_float64"] < 1e-5 and row["dense_s"] > 0 and row["effective_rank"] > 1
+    assert [json.loads(line) for line in log.read_text().splitlines()] == rows
+
+
+def test_ensemble_cases_take_the_platform_repeats_and_leave_data_scaling_out():
+    from benchmarks import ensembles, suite
+
+    settings = suite.SCALES["smoke"]["ensembles"] | {"platform": "cuda", "data_dir": "/data", "repeats": 1}
+    cases = ensembles._cases(settings | {"data_scaling": None})
+    assert [case["sweep"] for case in cases] == ["width"] * len(settings["widths"])
+    assert all(case["platform"] == "cuda" and case["repeats"] == 1 for case in cases)
+    assert [case["sweep"] for case in ensembles._cases(settings)][-1] == "data_size"
