@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -54,7 +55,7 @@ SIZES = {
         "sweep_widths": [8192, 16384],
         "seeds": 5,
         "epochs": None,
-        "profile_lr": 3.16e-6,
+        "profile_lr": 3.16e-6,  # what the calibration chose at w = 8192 on the H200
         "profile_epochs": 50,
         "ensemble_widths": [4096, 64, 512, 8],
         "data_scaling": 1000,
@@ -138,7 +139,7 @@ def exact_task(task: dict) -> dict:
 
 
 def profile_task(task: dict) -> dict:
-    """Stage 4a, in a fresh process on the accelerator: where a protocol sweep's time goes at one
+    """Stage 4, in a fresh process on the accelerator: where a protocol sweep's time goes at one
     width. The seeds of the first point of `task["config"]` (its data, models and optimiser at
     `task["lr"]`): `train_ensemble` over `task["epochs"]` epochs without records, twice (compiling,
     then compiled), and one seed's record (`Measure`) three times (the first forms K₀ and K∞), the
@@ -183,7 +184,7 @@ def profile_task(task: dict) -> dict:
     metrics = dict.fromkeys(("train_loss", "test_loss", "train_accuracy", "test_accuracy"), 0.0)
     for i in range(3):
         timed(f"record {i}", lambda i=i: measure(model, i, metrics).trace)
-    op = timed("record part: operator (dense K)", lambda: measure.operator(model).dense())
+    timed("record part: operator (dense K)", lambda: measure.operator(model).dense())
     op = measure.operator(model)
     timed("record part: raw and cosine spectra", lambda: measure.spectra(op, 3)[0].trace)
     timed("record part: kernel regression", lambda: measure._regression(model)[0])
@@ -224,29 +225,15 @@ def _environment() -> dict:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             versions[name] = None
-    smi = (
-        subprocess.run(
-            [
-                "nvidia-smi",
-                "--query-gpu=name,driver_version,memory.total,clocks.max.sm",
-                "--format=csv,noheader",
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if _has("nvidia-smi")
-        else None
-    )
+    fields = "name,driver_version,memory.total,clocks.max.sm"
+    query = ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"]
+    smi = subprocess.run(query, capture_output=True, text=True) if shutil.which("nvidia-smi") else None
     return {
         "machine": h.machine(),
         "devices": [str(d) for d in jax.devices()],
         "versions": versions,
         "nvidia_smi": smi.stdout.strip() if smi else None,
     }
-
-
-def _has(program: str) -> bool:
-    return any((Path(p) / program).exists() for p in os.environ.get("PATH", "").split(os.pathsep))
 
 
 def _sweep(sizes: dict, out: Path, work: Path, data_dir: Path, clock: Clock, env: dict) -> dict:
