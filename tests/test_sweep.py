@@ -173,6 +173,14 @@ def test_sweep_writes_store_xarray_reads_it_and_rerun_skips(tiny_config, tmp_pat
     fewer = cfg.load_config(tiny_config, widths=[4, 8], seeds=1, store=config.store)
     with pytest.raises(ValueError, match="seeds: 2 there, 1 now"):
         sweep.run_sweep(fewer)
+    # So do more widths (e.g. the widest ones, trained elsewhere); widths dropped are refused.
+    wider = cfg.load_config(tiny_config, widths=[4, 8, 16], seeds=2, store=config.store)
+    grown = sweep.run_sweep(wider, task="0/2")
+    assert grown.done == ("w16_s0",) and set(grown.skipped) == {"w4_s0", "w8_s0"}
+    assert zarr.open_group(str(config.store_path), mode="r").attrs["config"]["widths"] == [4, 8, 16]
+    narrower = cfg.load_config(tiny_config, widths=[8, 16], seeds=2, store=config.store)
+    with pytest.raises(ValueError, match=r"widths: \[4, 8, 16\] there, \[8, 16\] now"):
+        sweep.run_sweep(narrower)
 
 
 def test_diverged_run_is_recorded_and_the_sweep_goes_on(tiny_config, tmp_path):

@@ -103,9 +103,10 @@ def open_store(
     The root's attributes hold `config`, package versions and the creation time. An existing store must
     have been created from the same config (the keys in `ignore` aside: where the data and the store
     are, and whether seeds train as one ensemble, none of which changes the numbers): otherwise its
-    runs would mix two experiments, and a `ValueError` says which keys differ. The one change allowed
-    is more `seeds`: seeds are independent runs, so the store grows to the new count, its finished
-    seeds kept.
+    runs would mix two experiments, and a `ValueError` says which keys differ. The changes allowed
+    are more `seeds` and more swept values (widths, data sizes or noise fractions, the old ones
+    among the new): both add independent runs, so the store grows to the new config, its finished
+    runs kept (`_grown`).
     """
     path = Path(path).expanduser()
     if zipfile.is_zipfile(path):
@@ -130,8 +131,9 @@ def open_store(
         stored = root.attrs.get("config", {})
         keys = (set(stored) | set(config)) - set(ignore)
         differ = sorted(k for k in keys if stored.get(k) != config.get(k))
-        if differ == ["seeds"] and config["seeds"] > stored["seeds"]:  # read and grown under the lock
-            root.attrs["config"] = {**stored, "seeds": config["seeds"]}
+        grown = _grown(stored, config, differ)
+        if grown is not None:  # read and grown under the lock
+            root.attrs["config"] = grown
             differ = []
     if differ:
         shown = ", ".join(f"{k}: {stored.get(k)!r} there, {config.get(k)!r} now" for k in differ)
@@ -142,6 +144,17 @@ def open_store(
             "Pass --store NEW_PATH, or rerun with the same config and overrides.",
         )
     return root
+
+
+def _grown(stored: dict, config: dict, differ: list[str]) -> dict | None:
+    """The stored config grown to `config` where they differ (`differ`) only by more seeds and by
+    swept values that include the stored ones; else None."""
+    field = kind(stored.get("kind", "width")).field
+    if not differ or not set(differ) <= {"seeds", field}:
+        return None
+    if config["seeds"] < stored["seeds"] or not set(stored[field]) <= set(config[field]):
+        return None
+    return {**stored, "seeds": config["seeds"], field: config[field]}
 
 
 @contextlib.contextmanager
