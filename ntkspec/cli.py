@@ -321,8 +321,9 @@ def pack(
 ) -> None:
     """Pack a store into one `.zarr.zip` file (for version control); it reads as the folder.
 
-    A sweep still running can be packed: its runs in training are left out (a resumed sweep trains
-    them again from epoch 0 either way), and named.
+    A sweep still running can be packed: its runs in training, and the checkpoints of their
+    ensembles, are left out and named (the folder goes on from its checkpoints; a copy unpacked
+    from the Zip file trains them again from epoch 0).
     """
     import shutil
 
@@ -334,7 +335,7 @@ def pack(
     console.print(f"Packed: {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB)")
     if left_out:
         console.print(
-            f"Left out {len(left_out)} runs in training (a resumed sweep trains them again): "
+            f"Left out {len(left_out)} runs in training (not in the Zip file; the folder goes on with them): "
             + ", ".join(left_out)
         )
     if remove and left_out:

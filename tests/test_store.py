@@ -154,6 +154,7 @@ def test_table_fits_80_columns(store_path):
 
 LAYERS = (
     "records",
+    "checkpoint",
     "config",
     "measure",
     "train",

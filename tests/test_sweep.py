@@ -99,6 +99,10 @@ def test_config_validation_names_the_field(tiny_config):
         "b1": ({"b1": 1.5}, "`b1`: got 1.5, expected a number in [0, 1)"),
         "bool as int": ({"depth": True}, "`depth`: got True (bool)"),
         "classes": ({"classes": ["bird", "cat"]}, "`classes`: got ['bird', 'cat'], expected two or more"),
+        "checkpoint_every": (
+            {"checkpoint_every": -1.0},
+            "`checkpoint_every`: got -1.0, expected seconds >= 0",
+        ),
     }
     for values, message in cases.values():
         with pytest.raises(ValueError) as info:
@@ -270,6 +274,45 @@ def test_resume_after_sigkill(two_task_store, tmp_path):
     for name, arrays in expected.items():
         for field in ("epoch", "train_loss", "test_accuracy", "trace", "top_eigenvalues"):
             np.testing.assert_array_equal(resumed[name][field], arrays[field])
+
+
+def _latest_checkpoint(folder) -> int:
+    """The epoch of the latest checkpoint in `folder` (as its zarr.json names it), or -1."""
+    with contextlib.suppress(OSError, ValueError, KeyError):  # absent, being written, none yet
+        return int(json.loads((folder / "zarr.json").read_text())["attributes"]["latest"][5:])
+    return -1
+
+
+@pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once
+def test_killed_ensemble_goes_on_from_its_checkpoint(two_task_store, tmp_path):
+    config_path, reference = two_task_store
+    config_path = tmp_path / "tiny.toml"
+    config_path.write_text(TINY + "checkpoint_every = 0\n")  # at every evaluation
+    config = cfg.load_config(config_path, store=str(tmp_path / "checkpointed.zarr"))
+    path, key = config.store_path, "w8_s0-1-2-3"  # the one ensemble of the sweep
+    process = _spawn(config_path, path, "0/1")
+    while process.poll() is None and _latest_checkpoint(path / "_checkpoints" / key) < 4:
+        time.sleep(0.01)
+    assert process.poll() is None, process.communicate()[1][-3000:]  # killed mid-ensemble
+    process.kill()
+    process.communicate()
+    kept = store.read_checkpoint(path, key).arrays["n_records"]
+    assert np.all(kept >= 2)  # the records at epochs 0 and 4
+    before = {run.name: store.read_run(path, run.name)[1]["spectrum_seconds"] for run in cfg.runs(config)}
+    _finish(_spawn(config_path, path, "0/1"))
+    resumed = _check_complete(path, config)
+    expected = _check_complete(reference, config)
+    for (name, seconds), n in zip(before.items(), kept, strict=True):
+        # Kept, not measured again (a timing never repeats to the bit) ...
+        np.testing.assert_array_equal(resumed[name]["spectrum_seconds"][:n], seconds[:n])
+        for field in ("epoch", "train_loss", "test_accuracy", "trace", "top_eigenvalues", "kernel_velocity"):
+            # ... and the same numbers as the sweep never killed.
+            np.testing.assert_array_equal(resumed[name][field], expected[name][field])
+    for name in before:
+        want, got = store.read_whole(reference, name), store.read_whole(path, name)
+        assert got[0]["min_test_loss_epoch"] == want[0]["min_test_loss_epoch"]
+        np.testing.assert_array_equal(got[2]["trajectory"]["trace"], want[2]["trajectory"]["trace"])
+    assert not (path / "_checkpoints" / key).exists()  # deleted once the ensemble ended
 
 
 @pytest.mark.xdist_group("two_task_store")  # one worker builds the fixture once

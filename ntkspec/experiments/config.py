@@ -64,6 +64,9 @@ class SweepConfig:
     ensemble : train the seeds of a swept value together, as one program (`train.train_ensemble`),
         or one by one (False); the numbers agree either way, so a store may be resumed with the
         other setting.
+    checkpoint_every : seconds between two checkpoints of an ensemble in training (at its
+        evaluations; `train.train_ensemble`, `store.write_checkpoint`), from which a killed sweep goes
+        on; 0: at every evaluation. Never changes the numbers.
     store : store path (default "runs/{name}.zarr").
     kernels : for kind "data_size", kernels to fit kernel regression with after each run's training
         (`records.KERNELS`; see `against_kernels`); empty: none.
@@ -107,6 +110,7 @@ class SweepConfig:
     method: str = "auto"
     dtype: str = "float32"
     ensemble: bool = True
+    checkpoint_every: float = 600.0
     store: str | None = None
     kernels: tuple[str, ...] = ()
     pretrained_samples: int | None = None
@@ -181,6 +185,10 @@ class SweepConfig:
         for name in ("eval_every", "pilot_runs"):
             if getattr(self, name) < 1:
                 raise bad_value(name, getattr(self, name), "a positive integer")
+        if not self.checkpoint_every >= 0:
+            raise bad_value(
+                "checkpoint_every", self.checkpoint_every, "seconds >= 0 (0: at every evaluation)"
+            )
         for name in ("b1", "momentum", "noise_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise bad_value(name, getattr(self, name), "a number in [0, 1)")

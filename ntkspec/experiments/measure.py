@@ -48,6 +48,7 @@ from ntkspec.estimators import (
     subspace_rank,
     top_eigenpairs,
 )
+from ntkspec.experiments.checkpoint import tree_arrays, tree_from_arrays
 from ntkspec.experiments.config import SweepConfig, run_keys
 from ntkspec.experiments.records import Record
 from ntkspec.infinite import mlp_operator
@@ -101,7 +102,8 @@ class Measure:
     The first call's kernel is kept as K₀ for the alignment of every later record (and K∞ is formed
     then), and each call's kernel and top eigenvectors for the velocity and the rotation at the next
     one. A call with `consecutive=False` (the measurement at the minimum test loss, between two
-    records) uses them without replacing them.
+    records) uses them without replacing them. `state` and `restore` carry what it keeps across a
+    checkpoint (`ntkspec.experiments.checkpoint`).
     """
 
     def __init__(
@@ -122,6 +124,29 @@ class Measure:
         self.infinite = None  # K∞ ⊗ I_C on the NTK batch, for an MLP (formed at the first call)
         self.previous = None  # kernel of the last consecutive record
         self.vectors = None  # its top eigenvectors
+
+    def state(self) -> dict[str, np.ndarray]:
+        """What the measure keeps between records, as host arrays: the leaves of K₀'s operator
+        ("first/i") and of the last record's ("previous/i"), and that record's top eigenvectors
+        ("vectors"). Empty before the first record."""
+        arrays = {} if self.first is None else tree_arrays(self.first, "first")
+        if self.previous is not None:
+            arrays |= {**tree_arrays(self.previous, "previous"), "vectors": np.asarray(self.vectors)}
+        return arrays
+
+    def restore(self, model: nnx.Module, arrays: dict[str, np.ndarray]) -> None:
+        """Take back what `state` gave, `model` any network of the run's architecture (the template
+        of the operators' structure, and the widths of K∞)."""
+        if not arrays:
+            self.first = self.infinite = self.previous = self.vectors = None
+            return
+        template = self.operator(model)
+        self.first = tree_from_arrays(template, arrays, "first")
+        self.infinite = self._infinite(model, self.first)
+        self.previous = self.vectors = None
+        if "vectors" in arrays:
+            self.previous = tree_from_arrays(template, arrays, "previous")
+            self.vectors = arrays["vectors"]
 
     def operator(self, model: nnx.Module):
         """The NTK of `model` on the NTK batch, as a dense operator when the spectrum will be exact."""

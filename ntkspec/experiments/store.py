@@ -4,6 +4,9 @@ Layout (Zarr v3)::
 
     sweep.zarr/                  attrs: config, versions, ntkspec_version, created
       .locks/                    one lock file per run (`filelock`), and one for creating the root
+      _calibration/w64/          attrs: the learning-rate calibration of a swept value
+      _checkpoints/w64_s0-4/     attrs: latest; the latest checkpoint of an ensemble in training
+        epoch373/                attrs: epoch, messages; one array per `checkpoint.EnsembleState` name
       w64_s0/                    attrs: status, message, n_records, arrays (the record arrays it
                                  holds) and `records.RUN_FIELDS`
         epoch        (record,)   int64
@@ -33,7 +36,9 @@ run's `n_records` attribute to r + 1; readers trust `n_records` alone. A run is 
 `status` says "complete" or "diverged", written last and only after every record read back equal to
 what was written. A run is owned by one process at a time: `claim` takes its lock without waiting, so
 a second process on the same store skips the runs another one holds. An unfinished run (killed,
-"failed", unreadable) is deleted and restarted from epoch 0 by its next owner.
+"failed", unreadable) is deleted and restarted from epoch 0 by its next owner, unless it was left
+"running" with a checkpoint of its ensemble (`write_checkpoint`): its training then goes on from
+there, its records up to that epoch kept.
 
 Committed stores are packed into one Zip file per sweep (`pack`: `sweep.zarr.zip`, chunks stored
 uncompressed in the archive since they are compressed already): a `git clone` then handles one file
@@ -60,6 +65,7 @@ from zarr.codecs import Crc32cCodec, ZstdCodec
 
 import ntkspec
 from ntkspec._errors import bad_value
+from ntkspec.experiments.checkpoint import EnsembleState
 from ntkspec.experiments.config import SweepConfig, runs
 from ntkspec.experiments.records import FINISHED, SCALAR_FIELDS, STATUSES, VECTOR_FIELDS, Record, kind
 
@@ -68,6 +74,7 @@ _COMPRESSORS = (ZstdCodec(level=3), Crc32cCodec())
 _PACKAGES = ("jax", "jaxlib", "flax", "optax", "numpy", "scipy", "zarr", "xarray")
 _LOCKS = ".locks"
 _CALIBRATION = "_calibration"  # one subgroup per swept value: its learning-rate calibration
+_CHECKPOINTS = "_checkpoints"  # one subgroup per ensemble in training: its latest checkpoint
 #: Runs written with checksums and every chunk stored (even all-fill ones) say `layout: 2`; earlier
 #: runs have no checksums, and a chunk of theirs that is absent may just have been all fill values.
 LAYOUT = 2
@@ -96,7 +103,10 @@ def _lock(path: Path, name: str) -> filelock.FileLock:
 
 
 def open_store(
-    path: str | Path, config: dict, *, ignore: tuple[str, ...] = ("data_dir", "store", "ensemble")
+    path: str | Path,
+    config: dict,
+    *,
+    ignore: tuple[str, ...] = ("data_dir", "store", "ensemble", "checkpoint_every"),
 ) -> zarr.Group:
     """Open the sweep store at `path`, creating its root group (race-safe) if it does not exist.
 
@@ -212,8 +222,16 @@ def list_runs(path: str | Path) -> list[str]:
 class _Records:
     """The record arrays of one group (a run's records, or its one record at the minimum)."""
 
-    def __init__(self, group: zarr.Group, top_k: int):
+    def __init__(self, group: zarr.Group, top_k: int, kept: dict[str, np.ndarray] | None = None):
+        """Fresh arrays, or (`kept`: the first records of the group's arrays, as read) its arrays
+        cut to those records."""
         self.group = group
+        if kept is not None:
+            self.arrays = {field: group[field] for field in _RECORD_ARRAYS}
+            self.written = {field: list(values) for field, values in kept.items()}
+            for field, array in self.arrays.items():
+                array.resize((len(kept[field]), *array.shape[1:]))
+            return
         self.written: dict[str, list] = {}
         self.arrays = {"epoch": _create(group, "epoch", (0,), "int64")}
         self.arrays |= {field: _create(group, field, (0,), "float64") for field in SCALAR_FIELDS}
@@ -248,17 +266,36 @@ def _create(group: zarr.Group, field: str, shape: tuple[int, ...], dtype, dims=(
 class RunWriter:
     """Writes one run: `append` records, `outcome` (the minimum and the trajectory), then `finish`.
 
-    Creating a writer deletes whatever an earlier, incomplete attempt left under the run's name; the
-    caller must own the run (`claim`). Besides its records, a run holds two subgroups: `at_min`, the
+    Creating a writer deletes whatever an earlier, incomplete attempt left under the run's name, or,
+    with `n_kept` > 0 (a training resumed from a checkpoint, `write_checkpoint`), keeps its first
+    `n_kept` records and drops the rest (`CorruptRunError` if they do not read back); the caller
+    must own the run (`claim`). Besides its records, a run holds two subgroups: `at_min`, the
     one record measured at the epoch of the minimum test loss, and `trajectory`, the losses and the
     trace every few epochs (dimension `step`); the run's attributes say `min_test_loss_epoch`,
     `min_test_loss` and `stopped_epoch`.
     """
 
-    def __init__(self, root: zarr.Group, name: str, attrs: dict, top_k: int):
+    def __init__(self, root: zarr.Group, name: str, attrs: dict, top_k: int, n_kept: int = 0):
         self.path = Path(str(root.store.root)) / root.path
         self.name = name
         self.top_k = top_k
+        self.minimum: _Records | None = None
+        self.trajectory: dict[str, np.ndarray] = {}
+        self.kernel_results: dict[str, np.ndarray] = {}
+        if n_kept:
+            stored, arrays = read_run(self.path, name)
+            if stored.get("status") != "running" or stored.get("n_records", 0) < n_kept:
+                raise CorruptRunError(
+                    f"run {name!r}: {stored.get('status')!r} with {stored.get('n_records', 0)} records, "
+                    f"not 'running' with {n_kept} or more to keep; rerun the sweep"
+                )
+            for part in ("at_min", "trajectory", "kernels"):  # an outcome cut short by the kill
+                shutil.rmtree(self.path / name / part, ignore_errors=True)
+            self.group = zarr.open_group(store=root.store, path=name, mode="r+", zarr_format=3)
+            self.group.update_attributes({"n_records": n_kept})  # first: readers trust it alone
+            kept = {field: arrays[field][:n_kept] for field in _RECORD_ARRAYS}
+            self.records = _Records(self.group, top_k, kept)
+            return
         shutil.rmtree(self.path / name, ignore_errors=True)
         self.group = root.create_group(
             name,
@@ -274,9 +311,6 @@ class RunWriter:
             ),
         )
         self.records = _Records(self.group, top_k)
-        self.minimum: _Records | None = None
-        self.trajectory: dict[str, np.ndarray] = {}
-        self.kernel_results: dict[str, np.ndarray] = {}
 
     @property
     def n_records(self) -> int:
@@ -467,6 +501,47 @@ def write_calibration(root: zarr.Group, point: str, result: dict) -> None:
     root.require_group(_CALIBRATION).create_group(point, attributes=_jsonable(result), overwrite=True)
 
 
+def write_checkpoint(root: zarr.Group, key: str, state: EnsembleState) -> None:
+    """Keep `state` as the checkpoint of the ensemble `key` (e.g. "w64_s0-4"), replacing the last.
+
+    Written whole under `_checkpoints/{key}/epoch{epoch}` (an array per name, "/" written ".",
+    checksummed), then named the latest in `_checkpoints/{key}`'s attributes (one atomic write),
+    then the older one deleted: a kill at any moment leaves one whole checkpoint or none.
+    """
+    group = root.require_group(_CHECKPOINTS).require_group(key)
+    name = f"epoch{state.epoch}"
+    folder = Path(str(root.store.root)) / root.path / _CHECKPOINTS / key
+    shutil.rmtree(folder / name, ignore_errors=True)
+    written = group.create_group(name, attributes={"epoch": state.epoch, "messages": list(state.messages)})
+    for field, values in state.arrays.items():
+        values = np.asarray(values)
+        array = written.create_array(
+            field.replace("/", "."), shape=values.shape, dtype=values.dtype, compressors=(Crc32cCodec(),)
+        )
+        array[...] = values
+    group.update_attributes({"latest": name})
+    for older in folder.iterdir():
+        if older.is_dir() and older.name != name:
+            shutil.rmtree(older)
+
+
+def read_checkpoint(path: str | Path, key: str) -> EnsembleState | None:
+    """The latest checkpoint of the ensemble `key` (`write_checkpoint`), or None if there is none or
+    it does not read back whole (a training then starts again from epoch 0)."""
+    try:
+        group = zarr.open_group(str(path), path=f"{_CHECKPOINTS}/{key}", mode="r", zarr_format=3)
+        written = group[group.attrs["latest"]]
+        arrays = {field.replace(".", "/"): np.asarray(array[...]) for field, array in written.arrays()}
+        return EnsembleState(int(written.attrs["epoch"]), arrays, tuple(written.attrs["messages"]))
+    except (OSError, ValueError, KeyError, RuntimeError):
+        return None
+
+
+def delete_checkpoint(root: zarr.Group, key: str) -> None:
+    """Delete the checkpoints of the ensemble `key` (its training has ended)."""
+    shutil.rmtree(Path(str(root.store.root)) / root.path / _CHECKPOINTS / key, ignore_errors=True)
+
+
 def verify(path: str | Path, name: str) -> str | None:
     """None if run `name` reads back whole, else what is wrong with it."""
     try:
@@ -480,8 +555,9 @@ def pack(path: str | Path, out: str | Path | None = None) -> tuple[Path, tuple[s
     """Write the store folder at `path` as one Zip file (default `<path>.zip`): its path, and the
     names of the runs left out.
 
-    Runs with status "running" are left out: they are training now, or were left so by a killed
-    process, and a resumed sweep trains them again from epoch 0 either way. A live sweep can so be
+    Runs with status "running" are left out, and the checkpoints of their ensembles: they are
+    training now, or were left so by a killed process; the folder goes on from its checkpoints,
+    a copy unpacked from the Zip file trains them again from epoch 0. A live sweep can so be
     packed at any time (its finished runs are never written again), e.g. to commit what it has
     finished before the machine goes away. Every other run must read back whole (a corrupt one
     raises `CorruptRunError`); locks are left out. The file is written beside `out` and then
@@ -495,7 +571,7 @@ def pack(path: str | Path, out: str | Path | None = None) -> tuple[Path, tuple[s
     for name in names:
         if name not in left_out:
             read_whole(path, name)
-    skipped = (_LOCKS + "/", *(f"{name}/" for name in left_out))
+    skipped = (_LOCKS + "/", _CHECKPOINTS + "/", *(f"{name}/" for name in left_out))
     partial = out.with_name(out.name + ".partial")
     with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_STORED) as archive:
         for key in sorted(_keys(path)):

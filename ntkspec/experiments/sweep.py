@@ -7,7 +7,9 @@ the NTK batch and test set shared, see `ntkspec.data.split`), noisy-copy fractio
 processes (a job array) can share one store. Each run is owned by one process at a time
 (`store.claim`): a process skips the runs another one holds and says so. Runs already finished and
 reading back whole are skipped, so rerunning after a crash resumes; runs left "running" by a killed
-process, "failed", or no longer reading back (a corrupt or missing chunk) start again from epoch 0.
+process, "failed", or no longer reading back (a corrupt or missing chunk) start again from epoch 0,
+except an ensemble left "running" with a checkpoint (every `checkpoint_every` seconds): it goes on
+from there.
 With `ensemble = true` (the default) the runs of one swept value that a process owns and has to do
 train as one ensemble (`train.train_ensemble`: one compiled program, the same numbers per seed),
 each into its own writer; with false, one by one.
@@ -31,6 +33,7 @@ from jax.sharding import Mesh
 from ntkspec import data
 from ntkspec._errors import bad_value
 from ntkspec.experiments import against_kernels, store
+from ntkspec.experiments.checkpoint import EnsembleState
 from ntkspec.experiments.config import Run, SweepConfig, parse_task, run_model, run_split, runs
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.records import FINISHED
@@ -159,7 +162,8 @@ def _train_runs(
     fresh writer, the runs numbered from `first` for `record`; their final statuses. Runs of size
     `pretrained_samples` leave their outcome in `pretrained` for the larger sizes' regressions."""
     lr = config.lr if calibration is None else calibration["lr"]
-    writers = [store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k) for run in group]
+    key = f"{group[0].point}_s{'-'.join(str(run.seed) for run in group)}"  # the ensemble's checkpoint
+    resume, writers = _writers(config, group, root, key, lr)
     if calibration is not None and calibration["status"] != "calibrated":
         for writer in writers:
             writer.finish("uncalibrated", calibration["message"])
@@ -185,6 +189,9 @@ def _train_runs(
             batch_size=config.batch_size,
             orders=[run.order_key() for run in group],
             mesh=mesh,
+            checkpoint=functools.partial(store.write_checkpoint, root, key),
+            checkpoint_every=config.checkpoint_every,
+            resume=resume,
         )
     except (RuntimeError, MemoryError, store.CorruptRunError) as error:
         # A runtime failure (e.g. out of device memory at the widest width) is data: recorded with
@@ -194,7 +201,9 @@ def _train_runs(
         advice += "; ensemble = false trains one seed at a time)" if len(group) > 1 else ")"
         for writer in writers:
             writer.finish("failed", f"{type(error).__name__}: {error}{advice}")
+        store.delete_checkpoint(root, key)
         return ["failed"] * len(group)
+    store.delete_checkpoint(root, key)  # trained: the outcome is written from memory below
     for run, result in zip(group, results, strict=True):
         if config.kernels and run.n_train == config.pretrained_samples:
             pretrained[run.name] = against_kernels.trained_outcome(run, result)
@@ -217,6 +226,22 @@ def _train_runs(
         _finish(writer, result, config, lr, regression)
         for writer, result, regression in zip(writers, results, regressions, strict=True)
     ]
+
+
+def _writers(config, group, root, key, lr) -> tuple[EnsembleState | None, list[store.RunWriter]]:
+    """The checkpoint the ensemble `group` goes on from (None: none, or one its runs do not match),
+    and its runs' writers: keeping each run's records up to the checkpoint, else fresh."""
+    resume = store.read_checkpoint(config.store_path, key)
+    if resume is not None:
+        try:
+            kept = resume.arrays["n_records"]
+            return resume, [
+                store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k, n_kept=int(n))
+                for run, n in zip(group, kept, strict=True)
+            ]
+        except (store.CorruptRunError, KeyError, ValueError):
+            store.delete_checkpoint(root, key)  # a run was finished, retried or lost meanwhile
+    return None, [store.RunWriter(root, run.name, run.attrs(config, lr), config.top_k) for run in group]
 
 
 def _finish(writer, result, config, lr, regressions=None) -> str:

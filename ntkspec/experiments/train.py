@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 from collections.abc import Callable, Sequence
 
 import jax
@@ -32,6 +33,7 @@ from ntkspec import sharding
 from ntkspec._errors import bad_value
 from ntkspec._typing import Key
 from ntkspec.data import Split
+from ntkspec.experiments.checkpoint import EnsembleState, tree_arrays, tree_from_arrays
 from ntkspec.experiments.config import OPTIMIZERS, SPACINGS, SweepConfig
 from ntkspec.experiments.measure import Measure, ntk_traces
 from ntkspec.experiments.records import METRIC_FIELDS, Record
@@ -318,6 +320,9 @@ def train_ensemble(
     batch_size: int | None = None,
     orders: Sequence[Key] | None = None,
     mesh: Mesh | None = None,
+    checkpoint: Callable[[EnsembleState], None] | None = None,
+    checkpoint_every: float = 600.0,
+    resume: EnsembleState | None = None,
 ) -> list[TrainResult]:
     """Train each of `models` on its split with softmax cross-entropy, in one program.
 
@@ -368,6 +373,12 @@ def train_ensemble(
     mesh : a mesh with "data" and "model" axes (as for `ntkspec.ntk`; default: the mesh set with
         `jax.set_mesh`, if any): parameters and optimizer states split on "model", samples on
         "data", the ensemble axis not split; the numbers equal the single-device ones.
+    checkpoint : called with the `EnsembleState` after an evaluation once `checkpoint_every`
+        seconds have passed since the start or its last call, while a network trains (e.g.
+        `store.write_checkpoint`).
+    resume : an `EnsembleState` of these models, splits, optimizer and epochs: training goes on
+        after its epoch (its records, made before, are the caller's) to the numbers of an
+        uninterrupted run.
 
     Returns
     -------
@@ -396,6 +407,28 @@ def train_ensemble(
     graphdef, params = _stack("models", [nnx.split(model) for model in models])
     _, data = _stack("splits", [(None, (s.x_train, s.y_train, s.x_test, s.y_test)) for s in splits])
     opt_state = jax.vmap(optimizer.init)(params)
+    last = int(epochs[-1])
+    # Per network: the lowest test loss so far, its epoch, and the state kept at the evaluation
+    # before it (stacked, on the device: `best_state`) with that evaluation's epoch.
+    best_state = (params, opt_state)
+    best_loss, best_epoch, best_start = np.full(count, np.inf), np.full(count, -1), np.zeros(count, np.int64)
+    active, n_records, stopped = np.ones(count, dtype=bool), np.zeros(count, np.int64), np.full(count, last)
+    columns = ("epoch", "train_loss", "test_loss") + (("trace",) if measures is not None else ())
+    trajectories = [{name: [] for name in columns} for _ in range(count)]
+    messages, previous = [""] * count, 0
+    if resume is not None:
+        params, opt_state, best_state = tree_from_arrays(
+            (params, opt_state, best_state), resume.arrays, "train"
+        )
+        best_loss, best_epoch, best_start, active, n_records, stopped = (
+            np.array(resume.arrays[name]) for name in _BOOKKEEPING
+        )
+        trajectories = [
+            {name: list(resume.arrays[f"trajectory/{e}/{name}"]) for name in columns} for e in range(count)
+        ]
+        messages, previous = list(resume.messages), resume.epoch
+        for e in range(count) if measures is not None else ():
+            measures[e].restore(models[e], resume.under(f"measure/{e}"))
     x_ntk = None if measures is None else _stack("measures", [(None, m.x_ntk) for m in measures])[1]
     mesh = sharding.as_mesh(mesh)
     if mesh is not None:
@@ -404,20 +437,10 @@ def train_ensemble(
     x_train, y_train, x_test, y_test = data
     compiled = not _convolves_on_cpu(graphdef, params, x_train)
     statics = (graphdef, optimizer.update, batch_size, not compiled)
-    last = int(epochs[-1])
     recording = set(epochs.tolist())
     points = sorted(recording | set(range(0, last + 1, eval_every)) | {last})
-    columns = ("epoch", "train_loss", "test_loss") + (("trace",) if measures is not None else ())
-    trajectories = [{name: [] for name in columns} for _ in range(count)]
-    results: list[TrainResult | None] = [None] * count
-    active = np.ones(count, dtype=bool)
-    n_records, stopped = np.zeros(count, dtype=np.int64), np.full(count, last)
-    # Per network: the lowest test loss so far, its epoch, and the state kept at the evaluation
-    # before it (on the device, stacked: `best_state`) with that evaluation's epoch.
-    best_loss, best_epoch, best_start = np.full(count, np.inf), np.full(count, -1), np.zeros(count, np.int64)
-    best_state = kept = (params, opt_state)
-    kept_epoch, previous = 0, 0
-    for epoch in points:
+    kept, kept_epoch, saved = (params, opt_state), previous, time.monotonic()
+    for epoch in points if resume is None else [point for point in points if point > resume.epoch]:
         if not active.any():
             break
         n_steps = jnp.asarray(np.where(active, epoch - previous, 0))
@@ -438,16 +461,11 @@ def train_ensemble(
         improved = np.zeros(count, dtype=bool)
         for e in np.flatnonzero(active):
             if not finite[e]:
-                message = (
+                messages[e] = (
                     f"diverged: the training loss became NaN or Inf between epochs {previous} and "
                     f"{epoch}; try a lower learning rate (e.g. 10x lower)"
                 )
-                network = nnx.merge(graphdef, _take(params, e))
-                trajectory = _arrays(trajectories[e])
-                results[e] = TrainResult(
-                    "diverged", message, int(n_records[e]), network, trajectory=trajectory, stopped=epoch
-                )
-                active[e] = False
+                stopped[e], active[e] = epoch, False  # frozen from now on
                 continue
             values = {
                 "epoch": epoch,
@@ -476,7 +494,30 @@ def train_ensemble(
         if improved.any():
             best_state = _select(jnp.asarray(improved), kept, best_state)
         kept, kept_epoch, previous = (params, opt_state), epoch, epoch
+        if checkpoint is not None and active.any() and time.monotonic() - saved >= checkpoint_every:
+            bookkeeping = (best_loss, best_epoch, best_start, active, n_records, stopped)
+            arrays = tree_arrays((params, opt_state, best_state), "train")
+            arrays |= {name: np.array(a) for name, a in zip(_BOOKKEEPING, bookkeeping, strict=True)}
+            for e in range(count):
+                arrays |= {f"trajectory/{e}/{name}": a for name, a in _arrays(trajectories[e]).items()}
+                for name, a in ({} if measures is None else measures[e].state()).items():
+                    arrays[f"measure/{e}/{name}"] = a
+            checkpoint(EnsembleState(epoch, arrays, tuple(messages)))
+            saved = time.monotonic()
     stopped = np.where(active, previous, stopped)  # the networks still training reached the end
+    results: list[TrainResult | None] = [
+        TrainResult(
+            "diverged",
+            message,
+            int(n_records[e]),
+            nnx.merge(graphdef, _take(params, e)),  # as it was when it diverged (frozen since)
+            trajectory=_arrays(trajectories[e]),
+            stopped=int(stopped[e]),
+        )
+        if message
+        else None
+        for e, message in enumerate(messages)
+    ]
     finished = [e for e in range(count) if results[e] is None]
     # The minimum lies after the evaluation before the lowest one and before the one after it.
     spans = np.zeros(count, dtype=np.int64)
@@ -521,6 +562,10 @@ def train_ensemble(
             stopped=int(stopped[e]),
         )
     return results
+
+
+#: The per-network bookkeeping of `train_ensemble` an `EnsembleState` carries, by name.
+_BOOKKEEPING = ("best_loss", "best_epoch", "best_start", "active", "n_records", "stopped")
 
 
 def _stack(name: str, trees: list):
