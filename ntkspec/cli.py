@@ -103,6 +103,9 @@ def sweep(
         console.print(
             f"  no longer read back, so trained again: {', '.join(summary.corrupt)}", highlight=False
         )
+    if summary.resumed:
+        shown = ", ".join(summary.resumed)
+        console.print(f"  went on from their checkpoints (run@epoch): {shown}", highlight=False)
     if summary.busy:
         console.print(f"  left to the process holding them: {', '.join(summary.busy)}", highlight=False)
     for name in (*summary.diverged, *summary.failed):

@@ -299,7 +299,9 @@ def test_killed_ensemble_goes_on_from_its_checkpoint(two_task_store, tmp_path):
     kept = store.read_checkpoint(path, key).arrays["n_records"]
     assert np.all(kept >= 2)  # the records at epochs 0 and 4
     before = {run.name: store.read_run(path, run.name)[1]["spectrum_seconds"] for run in cfg.runs(config)}
-    _finish(_spawn(config_path, path, "0/1"))
+    epoch = store.read_checkpoint(path, key).epoch
+    summary = json.loads(_finish(_spawn(config_path, path, "0/1")).splitlines()[-1])
+    assert summary["resumed"] == [f"{name}@{epoch}" for name in before]
     resumed = _check_complete(path, config)
     expected = _check_complete(reference, config)
     for (name, seconds), n in zip(before.items(), kept, strict=True):

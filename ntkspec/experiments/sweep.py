@@ -58,8 +58,9 @@ class SweepSummary:
     done: trained now (complete or diverged); skipped: finished before; busy: held by another process
     (left to it); diverged: of those done, the ones whose loss became non-finite; failed: runs that
     raised a runtime error (retried next time); corrupt: finished runs that no longer read back
-    (named here, and trained again). Runs whose swept value could not be calibrated count as done,
-    with status "uncalibrated".
+    (named here, and trained again); resumed: of those done, the ones that went on from a
+    checkpoint of their ensemble, as "name@epoch". Runs whose swept value could not be calibrated
+    count as done, with status "uncalibrated".
     """
 
     store: Path
@@ -71,6 +72,7 @@ class SweepSummary:
     complete: bool  # every run of the whole sweep (all tasks) has finished
     busy: tuple[str, ...] = ()
     corrupt: tuple[str, ...] = ()
+    resumed: tuple[str, ...] = ()
 
 
 def run_sweep(
@@ -106,7 +108,7 @@ def run_sweep(
     todo = [run for run in mine if store.run_status(root, run.name) not in FINISHED or run.name in corrupt]
     dataset = data.load(config.dataset, config.data_dir) if todo else None
     epochs = record_epochs(config.epochs, config.n_records, config.spacing)
-    done, skipped, busy, diverged, failed = [], [], [], [], []
+    done, skipped, busy, diverged, failed, resumed = [], [], [], [], [], []
     pretrained: dict = {}  # the size-k networks of `against_kernels.pretrained_network`, per run name
 
     def record(rec, *, writer, run, number) -> None:
@@ -134,9 +136,11 @@ def run_sweep(
                 continue
             first = len(done) + len(failed) + 1
             calibration = calibrate(config, claimed[0], dataset, root) if config.lr == "calibrate" else None
-            statuses = _train_runs(
+            statuses, epoch = _train_runs(
                 config, claimed, first, dataset, epochs, root, record, mesh, calibration, pretrained
             )
+            if epoch is not None:
+                resumed += [f"{run.name}@{epoch}" for run in claimed]
             for run, status in zip(claimed, statuses, strict=True):
                 (failed if status == "failed" else done).append(run.name)
                 if status == "diverged":
@@ -152,22 +156,25 @@ def run_sweep(
         complete=complete and not busy,
         busy=tuple(busy),
         corrupt=tuple(corrupt),
+        resumed=tuple(resumed),
     )
 
 
 def _train_runs(
     config, group, first, dataset, epochs, root, record, mesh, calibration, pretrained
-) -> list[str]:
-    """Train and measure the runs of `group` (seeds of one swept value) as one ensemble, each into a
-    fresh writer, the runs numbered from `first` for `record`; their final statuses. Runs of size
-    `pretrained_samples` leave their outcome in `pretrained` for the larger sizes' regressions."""
+) -> tuple[list[str], int | None]:
+    """Train and measure the runs of `group` (seeds of one swept value) as one ensemble, each into its
+    writer, the runs numbered from `first` for `record`: their final statuses, and the epoch of the
+    checkpoint they went on from (None: from epoch 0). Runs of size `pretrained_samples` leave their
+    outcome in `pretrained` for the larger sizes' regressions."""
     lr = config.lr if calibration is None else calibration["lr"]
     key = f"{group[0].point}_s{'-'.join(str(run.seed) for run in group)}"  # the ensemble's checkpoint
     resume, writers = _writers(config, group, root, key, lr)
     if calibration is not None and calibration["status"] != "calibrated":
         for writer in writers:
             writer.finish("uncalibrated", calibration["message"])
-        return ["uncalibrated"] * len(group)
+        return ["uncalibrated"] * len(group), None
+    epoch = None if resume is None else resume.epoch
     try:
         splits = [run_split(config, run, dataset) for run in group]
         measures = [
@@ -202,7 +209,7 @@ def _train_runs(
         for writer in writers:
             writer.finish("failed", f"{type(error).__name__}: {error}{advice}")
         store.delete_checkpoint(root, key)
-        return ["failed"] * len(group)
+        return ["failed"] * len(group), epoch
     store.delete_checkpoint(root, key)  # trained: the outcome is written from memory below
     for run, result in zip(group, results, strict=True):
         if config.kernels and run.n_train == config.pretrained_samples:
@@ -222,10 +229,11 @@ def _train_runs(
         else None
         for run, split in zip(group, splits, strict=True)
     ]
-    return [
+    statuses = [
         _finish(writer, result, config, lr, regression)
         for writer, result, regression in zip(writers, results, regressions, strict=True)
     ]
+    return statuses, epoch
 
 
 def _writers(config, group, root, key, lr) -> tuple[EnsembleState | None, list[store.RunWriter]]:
