@@ -114,28 +114,3 @@ def test_bad_minibatch_settings_are_named(split):
         load_config("quickstart", init="orthogonal")
     with pytest.raises(ValueError, match="`kernels`"):
         load_config("digits-kernel-scaling", init="xavier_uniform")
-
-
-def test_cnn_epochs_dispatched_one_by_one_equal_the_compiled_loop(monkeypatch):
-    from ntkspec.experiments import train as training
-
-    images = data.split(data.load("digits"), 40, 4, jax.random.key(0), n_test=60, flatten=False)
-    cnn = models.build("cnn", images.x_train.shape[1:], 10, jax.random.key(2))
-    graphdef, params = nnx.split(cnn)
-    stacked = jax.tree.map(lambda a: a[None], params)
-    assert training._convolves_on_cpu(graphdef, stacked, jnp.asarray(images.x_train)[None])
-    mlp_graph, mlp_params = nnx.split(_model())
-    mlp_stacked = jax.tree.map(lambda a: a[None], mlp_params)
-    assert not training._convolves_on_cpu(mlp_graph, mlp_stacked, jnp.zeros((1, 2, 64)))
-
-    optimizer = make_optimizer("sgd", 0.05, momentum=0.9)
-    settings = dict(batch_size=BATCH, order=jax.random.key(5), eval_every=3)
-    one_by_one = train(cnn, images, optimizer, [0, 7], **settings)
-    monkeypatch.setattr(training, "_convolves_on_cpu", lambda *args: False)
-    compiled = train(cnn, images, optimizer, [0, 7], **settings)
-    assert one_by_one.min_epoch == compiled.min_epoch
-    assert one_by_one.min_test_loss == pytest.approx(compiled.min_test_loss, rel=1e-5)
-    for model in ("model", "min_model"):
-        pairs = zip(_leaves(getattr(one_by_one, model)), _leaves(getattr(compiled, model)), strict=True)
-        for got, expected in pairs:
-            np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-6)

@@ -155,6 +155,7 @@ def test_table_fits_80_columns(store_path):
 LAYERS = (
     "records",
     "checkpoint",
+    "ensemble",
     "config",
     "measure",
     "train",

@@ -50,6 +50,7 @@ from ntkspec.estimators import (
 )
 from ntkspec.experiments.checkpoint import tree_arrays, tree_from_arrays
 from ntkspec.experiments.config import SweepConfig, run_keys
+from ntkspec.experiments.ensemble import over_networks
 from ntkspec.experiments.records import Record
 from ntkspec.infinite import mlp_operator
 from ntkspec.operator import ntk
@@ -297,17 +298,17 @@ class Measure:
             m = min(n, 2 * values.size)
 
 
-@functools.partial(jax.jit, static_argnums=0, static_argnames="mesh")
-def ntk_traces(graphdef, params, x_ntk, *, mesh: Mesh | None = None) -> jax.Array:
+@functools.partial(jax.jit, static_argnums=0, static_argnames=("mesh", "unrolled"))
+def ntk_traces(graphdef, params, x_ntk, *, mesh: Mesh | None = None, unrolled: bool = False) -> jax.Array:
     """tr K of each network of an ensemble (`nnx.split` parameters stacked on axis 0) on its own NTK
     batch (`x_ntk` stacked likewise), from the exact diagonal (per-layer norms where structured),
-    summed in float64 where x64 is on; one program, `vmap`-ed over the ensemble."""
+    summed in float64 where x64 is on; one program over the ensemble (`ensemble.over_networks`)."""
 
     def one(params, x):
         diagonal = ntk(nnx.merge(graphdef, params), x, mesh=mesh).diagonal()
         return jnp.sum(diagonal.astype(jax.dtypes.canonicalize_dtype(jnp.float64)))
 
-    return jax.vmap(one)(params, x_ntk)
+    return over_networks(one, unrolled)(params, x_ntk)
 
 
 def init_spectrum(config: SweepConfig, width: int, seed: int = 0, mesh: Mesh | None = None):

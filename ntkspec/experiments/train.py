@@ -5,9 +5,10 @@ once into its graph definition and parameters (`nnx.split`), so a step is a pure
 (params, opt_state) -> (params, opt_state) that `jax.lax.fori_loop` repeats. The trip count is a
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
 `lax.scan` would recompile for every distinct gap length). A network with convolutions on the CPU
-runs its epochs one dispatch each instead (`_epochs`: XLA:CPU convolves about 18 times slower inside a
-loop). At each recording epoch the trainer evaluates the loss and accuracy on the training and test
-sets and hands them, with the network, to the `measure` callback
+runs its epochs one dispatch each instead, its ensemble unrolled (`_epochs`,
+`ensemble.over_networks`: XLA:CPU convolves about 18 times slower inside a loop, and several times
+slower vmapped). At each recording epoch the trainer evaluates the loss and accuracy on the
+training and test sets and hands them, with the network, to the `measure` callback
 (`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
 
 A loss that becomes NaN or Inf ends the run with status "diverged" and advice, never an exception:
@@ -22,7 +23,6 @@ import time
 from collections.abc import Callable, Sequence
 
 import jax
-import jax.extend.core as jcore
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -35,6 +35,7 @@ from ntkspec._typing import Key
 from ntkspec.data import Split
 from ntkspec.experiments.checkpoint import EnsembleState, tree_arrays, tree_from_arrays
 from ntkspec.experiments.config import OPTIMIZERS, SPACINGS, SweepConfig
+from ntkspec.experiments.ensemble import convolves_on_cpu, over_networks
 from ntkspec.experiments.measure import Measure, ntk_traces
 from ntkspec.experiments.records import METRIC_FIELDS, Record
 from ntkspec.precision import full_precision
@@ -140,8 +141,12 @@ def _loss_and_accuracy(graphdef, params, x, y):
 
 
 # Every compiled program below maps one network's computation over the ensemble axis (axis 0 of
-# the parameters, optimizer states and data) with `jax.vmap`; a single run is an ensemble of one.
-_evaluate = jax.jit(jax.vmap(_loss_and_accuracy, in_axes=(None, 0, 0, 0)), static_argnums=0)
+# the parameters, optimizer states and data) with `ensemble.over_networks` (`jax.vmap`, or unrolled
+# for a network that convolves on the CPU); a single run is an ensemble of one.
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _evaluate(graphdef, unrolled, params, x, y):
+    """Per network, the loss and accuracy on its (x, y)."""
+    return over_networks(functools.partial(_loss_and_accuracy, graphdef), unrolled)(params, x, y)
 
 
 @jax.jit
@@ -225,7 +230,7 @@ def _compiled_epochs(body, statics, carry, n_steps, *data):
     def one(carry, n_steps, *data):
         return jax.lax.fori_loop(0, n_steps, lambda i, c: body(statics, i, c, *data), carry)
 
-    return jax.vmap(one)(carry, n_steps, *data)
+    return over_networks(one, statics[3])(carry, n_steps, *data)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -236,39 +241,23 @@ def _one_epoch(body, statics, i, carry, n_steps, *data):
         new = body(statics, i, carry, *data)
         return jax.tree.map(lambda a, b: jnp.where(i < n_steps, a, b), new, carry)
 
-    return jax.vmap(one)(carry, n_steps, *data)
+    return over_networks(one, statics[3])(carry, n_steps, *data)
 
 
-def _epochs(body, statics, carry, n_steps, *data, compiled: bool = True):
-    """`_compiled_epochs`, or (compiled False) its epochs dispatched one by one from Python.
+def _epochs(body, statics, carry, n_steps, *data):
+    """`_compiled_epochs`, or, for a network that convolves on the CPU (`statics[3]`, see
+    `ensemble.convolves_on_cpu`), its epochs dispatched one by one from Python.
 
     XLA:CPU runs a convolution inside a loop body (`while`) far slower than outside one
     (jax-ml/jax#12868; `benchmarks/conv_loop.py`, the noise experiment's CNN: 1.75 s per epoch of 16
     minibatches dispatched one by one, 32 s inside the loop), so a CNN trains on the CPU with one
-    dispatch per epoch and its minibatches unrolled.
+    dispatch per epoch, its minibatches and its networks unrolled.
     """
-    if compiled:
+    if not statics[3]:
         return _compiled_epochs(body, statics, carry, n_steps, *data)
     for i in range(int(np.max(np.asarray(n_steps), initial=0))):
         carry = _one_epoch(body, statics, i, carry, n_steps, *data)
     return carry
-
-
-def _convolves_on_cpu(graphdef, params, x) -> bool:
-    """Whether the network (parameters stacked on the ensemble axis) convolves, on the CPU."""
-
-    def primitives(jaxpr):
-        for eqn in jaxpr.eqns:
-            yield eqn.primitive.name
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, tuple | list) else (param,):
-                    inner = getattr(sub, "jaxpr", sub)
-                    if isinstance(inner, jcore.Jaxpr):
-                        yield from primitives(inner)
-
-    jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x[0, :1]))(_take(params, 0)).jaxpr
-    platform = next(iter(jax.tree.leaves(params)[0].devices())).platform
-    return platform == "cpu" and "conv_general_dilated" in set(primitives(jaxpr))
 
 
 def train(
@@ -330,7 +319,8 @@ def train_ensemble(
     equal to its own separate run (up to the reduction order of float arithmetic): the parameters,
     optimizer states and data of all networks are stacked on a leading ensemble axis and every
     compiled program (the steps between evaluations, the losses, the trace, the replay) maps one
-    network's computation over it with `jax.vmap`. A network that stops (patience) or diverges is
+    network's computation over it (`ensemble.over_networks`: `jax.vmap`, unrolled for a network that
+    convolves on the CPU). A network that stops (patience) or diverges is
     frozen from then on: it gets 0 steps (its parameters stay as they were), no more evaluations,
     records or trace, while the others go on; the loop ends when every network has stopped.
 
@@ -342,7 +332,7 @@ def train_ensemble(
     becomes NaN or Inf ends that network's run with status "diverged" and advice, never an
     exception.
 
-    The trace tr K (every evaluation, `measure.ntk_traces`) is one vmapped program for the ensemble.
+    The trace tr K (every evaluation, `measure.ntk_traces`) is one program for the ensemble.
     The records (`Measure.__call__`) stay a loop over the networks: each needs its own K₀ and
     eigenvectors and a host `eigh`, and in `benchmarks/ensembles.py` (5 seeds, 32-sample NTK batch)
     they run at the same rate in both modes and take 4-20 % of a warm sweep, so vmapping them
@@ -435,8 +425,8 @@ def train_ensemble(
         params, opt_state = sharding.shard_params((params, opt_state), mesh, leading=1)
         data = tuple(sharding.shard_batch(a, mesh, leading=1) for a in data)
     x_train, y_train, x_test, y_test = data
-    compiled = not _convolves_on_cpu(graphdef, params, x_train)
-    statics = (graphdef, optimizer.update, batch_size, not compiled)
+    unrolled = convolves_on_cpu(graphdef, params, x_train)
+    statics = (graphdef, optimizer.update, batch_size, unrolled)
     recording = set(epochs.tolist())
     points = sorted(recording | set(range(0, last + 1, eval_every)) | {last})
     kept, kept_epoch, saved = (params, opt_state), previous, time.monotonic()
@@ -453,11 +443,12 @@ def train_ensemble(
             keys,
             x_train,
             y_train,
-            compiled=compiled,
         )
-        metrics = _metrics(graphdef, params, (x_train, y_train), (x_test, y_test))
+        metrics = _metrics(graphdef, unrolled, params, (x_train, y_train), (x_test, y_test))
         finite = np.asarray(finite) & np.asarray(_all_finite(params)) & np.isfinite(metrics["train_loss"])
-        traces = None if measures is None else np.asarray(ntk_traces(graphdef, params, x_ntk, mesh=mesh))
+        traces = None
+        if measures is not None:
+            traces = np.asarray(ntk_traces(graphdef, params, x_ntk, mesh=mesh, unrolled=unrolled))
         improved = np.zeros(count, dtype=bool)
         for e in np.flatnonzero(active):
             if not finite[e]:
@@ -526,7 +517,7 @@ def train_ensemble(
     first = (
         best_state[0],
         jnp.zeros(count, jnp.int32),
-        _evaluate(graphdef, best_state[0], x_test, y_test)[0],
+        _evaluate(graphdef, unrolled, best_state[0], x_test, y_test)[0],
     )
     _, _, (min_params, offsets, min_losses) = _epochs(
         _replay_epoch,
@@ -539,9 +530,8 @@ def train_ensemble(
         y_train,
         x_test,
         y_test,
-        compiled=compiled,
     )
-    min_metrics = _metrics(graphdef, min_params, (x_train, y_train), (x_test, y_test))
+    min_metrics = _metrics(graphdef, unrolled, min_params, (x_train, y_train), (x_test, y_test))
     offsets, min_losses = np.asarray(offsets), np.asarray(min_losses)
     for e in finished:
         min_epoch, min_model = int(best_start[e] + offsets[e]), nnx.merge(graphdef, _take(min_params, e))
@@ -606,10 +596,13 @@ def _take(tree, e: int):
     return jax.tree.map(lambda a: a[e], tree)
 
 
-def _metrics(graphdef, params, train_set, test_set) -> dict[str, np.ndarray]:
+def _metrics(graphdef, unrolled, params, train_set, test_set) -> dict[str, np.ndarray]:
     """Per network, loss and accuracy on its training and test set (`records.METRIC_FIELDS`)."""
-    train_loss, train_accuracy = (np.asarray(a, np.float64) for a in _evaluate(graphdef, params, *train_set))
-    test_loss, test_accuracy = (np.asarray(a, np.float64) for a in _evaluate(graphdef, params, *test_set))
+    train_loss, train_accuracy, test_loss, test_accuracy = (
+        np.asarray(a, np.float64)
+        for dataset in (train_set, test_set)
+        for a in _evaluate(graphdef, unrolled, params, *dataset)
+    )
     return dict(zip(METRIC_FIELDS, (train_loss, test_loss, train_accuracy, test_accuracy), strict=True))
 
 
