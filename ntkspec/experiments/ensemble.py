@@ -5,7 +5,7 @@ leading axis and maps one network's computation over it. The rule is `jax.vmap`.
 network that convolves is the exception: `vmap` turns a convolution whose kernel is batched into a
 grouped convolution (`feature_group_count` = the number of networks), which XLA:CPU runs several
 times slower than the networks' convolutions one by one (`benchmarks/conv_loop.py`, the noise
-experiment's CNN, 3 networks: 0.60 s per minibatch step vmapped, 0.16 s unrolled), so there each
+experiment's CNN, an epoch of 3 networks: 3.9 times as long vmapped as unrolled), so there one
 network's computation is traced once per network, side by side in the same program.
 """
 
