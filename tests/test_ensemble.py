@@ -1,6 +1,7 @@
 """Ensembles in one program: `train_ensemble` equals separate `train` runs seed by seed (own minimum,
-own patience stop, own divergence), refuses seeds of different shapes, and a sweep with
-`ensemble = true` writes the store that `ensemble = false` writes."""
+own patience stop, own divergence), refuses seeds of different shapes, a sweep with
+`ensemble = true` writes the store that `ensemble = false` writes, and a CNN's ensemble, unrolled on
+the CPU, equals the vmapped one."""
 
 import dataclasses
 
@@ -177,15 +178,15 @@ def test_sweep_as_ensembles_writes_the_store_of_the_per_seed_loop(tmp_path, monk
     )
 
 
-def test_cnn_ensemble_unrolled_on_the_cpu_equals_the_vmapped_loop_and_separate_runs(monkeypatch):
+def test_cnn_ensemble_unrolled_on_the_cpu_equals_the_vmapped_loop(monkeypatch):
     """A network that convolves trains on the CPU with its epochs dispatched one by one and its
-    networks unrolled (`ensemble.over_networks`); forced through the compiled, vmapped path, and
-    run alone, it gives the same runs."""
+    networks unrolled (`ensemble.over_networks`); forced through the compiled, vmapped path (which
+    equals separate runs, above), it gives the same runs."""
     from ntkspec.experiments import ensemble
     from ntkspec.experiments import train as training
 
     dataset = data.load("digits")
-    images = [data.split(dataset, 40, 4, jax.random.key(s), n_test=60, flatten=False) for s in range(2)]
+    images = [data.split(dataset, 24, 4, jax.random.key(s), n_test=30, flatten=False) for s in range(2)]
     cnns = [models.build("cnn", images[0].x_train.shape[1:], 10, jax.random.key(2 + s)) for s in range(2)]
     graphdef, params = nnx.split(cnns[0])
     stacked = jax.tree.map(lambda a: a[None], params)
@@ -197,7 +198,7 @@ def test_cnn_ensemble_unrolled_on_the_cpu_equals_the_vmapped_loop_and_separate_r
 
     optimizer = make_optimizer("sgd", 0.05, momentum=0.9)
     orders = [jax.random.key(5 + s) for s in range(2)]
-    settings = dict(eval_every=3, batch_size=16)
+    settings = dict(eval_every=2, batch_size=16)
 
     def run(networks, splits, keys):
         records = [[] for _ in networks]
@@ -205,7 +206,7 @@ def test_cnn_ensemble_unrolled_on_the_cpu_equals_the_vmapped_loop_and_separate_r
             networks,
             splits,
             optimizer,
-            [0, 2, 5],
+            [0, 1, 4],
             [Measure(split, jax.random.key(9), top_k=3) for split in splits],
             recorders=[r.append for r in records],
             orders=keys,
@@ -214,7 +215,6 @@ def test_cnn_ensemble_unrolled_on_the_cpu_equals_the_vmapped_loop_and_separate_r
         return list(zip(results, records, strict=True))
 
     unrolled = run(cnns, images, orders)
-    _same_run(unrolled[1], run(cnns[1:], images[1:], orders[1:])[0])
     monkeypatch.setattr(training, "convolves_on_cpu", lambda *args: False)
     for one, looped in zip(unrolled, run(cnns, images, orders), strict=True):
         assert one[0].status == "complete"
