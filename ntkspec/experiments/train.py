@@ -230,7 +230,7 @@ def _compiled_epochs(body, statics, carry, n_steps, *data):
     def one(carry, n_steps, *data):
         return jax.lax.fori_loop(0, n_steps, lambda i, c: body(statics, i, c, *data), carry)
 
-    return over_networks(one, statics[3])(carry, n_steps, *data)
+    return jax.vmap(one)(carry, n_steps, *data)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
