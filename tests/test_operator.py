@@ -49,6 +49,7 @@ def test_matvec(case):
 def test_diagonal(case):
     op, k, dtype = case
     assert relative_error(op.diagonal(), np.diag(k)) < TOLERANCE[dtype]
+    assert relative_error(op.diagonal("jacobian"), np.diag(k)) < TOLERANCE[dtype]
 
 
 def test_normalized(case):
@@ -104,18 +105,91 @@ def test_structured_layers_are_found():
     from ntkspec._intercept import find_structure
     from ntkspec.exact import _flat
 
-    for name, expected_layers, expected_rest in [
-        ("relu_mlp", 3, 0),
-        ("cnn", 1, 4),
-        ("residual_layernorm", 3, 2),
+    for name, expected_layers, expected_convs, expected_rest in [
+        ("relu_mlp", 3, 0, 0),
+        ("cnn", 1, 2, 0),
+        ("residual_layernorm", 3, 0, 2),
     ]:
         module = NNX_MODELS[name](nnx.Rngs(0))
         op = ntkspec.ntk(module, inputs(name, 0, 2, jnp.float32))
         fn, leaves = _flat(op.apply, op.params)
         structure = find_structure(fn, leaves, op.state, op.x[:1])
         assert len(structure.layers) == expected_layers, name
+        assert len(structure.convs) == expected_convs, name
         assert len(structure.rest) == expected_rest, name
-        assert all(layer.bias is not None for layer in structure.layers)
+        assert all(layer.bias is not None for layer in structure.layers + structure.convs)
+
+
+def _conv(spec, dilation=(1, 1), groups=1, bias=True, bias_shape=None):
+    """A one-convolution network in `lax.conv_general_dilated`'s terms, then tanh and a Dense readout."""
+    lhs, rhs, out = spec
+
+    def apply(params, x):
+        z = jax.lax.conv_general_dilated(
+            x,
+            params["w"],
+            window_strides=(2, 1),
+            padding=((1, 0), (2, 1)),
+            lhs_dilation=dilation,
+            rhs_dilation=(1, 2),
+            dimension_numbers=spec,
+            feature_group_count=groups,
+        )
+        if bias:
+            z = z + params["b"].reshape(bias_shape or (1,) * (z.ndim - 1) + (-1,))
+        return jnp.tanh(z).reshape(x.shape[0], -1) @ params["v"]
+
+    shapes = {"N": 3, "C": 4, "H": 7, "W": 6}
+    x_shape = tuple(shapes[axis] for axis in lhs)
+    w_shape = tuple({"O": 6, "I": 4 // groups, "H": 3, "W": 2}[axis] for axis in rhs)
+    keys = jax.random.split(jax.random.key(len(lhs + rhs + out) + groups), 4)
+    params = {"w": jax.random.normal(keys[0], w_shape, jnp.float64) / 3}
+    if bias:
+        params["b"] = jax.random.normal(keys[1], (6,), jnp.float64)
+    x = jax.random.normal(keys[2], x_shape, jnp.float64)
+    z = jax.eval_shape(
+        lambda p, x: jax.lax.conv_general_dilated(
+            x, p["w"], (2, 1), ((1, 0), (2, 1)), dilation, (1, 2), spec, groups
+        ),
+        params,
+        x,
+    )
+    params["v"] = jax.random.normal(keys[3], (z.size // x.shape[0], 3), jnp.float64) / 5
+    return apply, params, x
+
+
+@pytest.mark.parametrize(
+    "spec, dilation, groups, bias, bias_shape, convs",
+    [
+        (("NHWC", "HWIO", "NHWC"), (1, 1), 1, True, None, 1),
+        (("NCHW", "OIHW", "NCHW"), (1, 1), 1, True, (1, -1, 1, 1), 1),  # bias not on the last axis
+        (("NHWC", "OIHW", "NCHW"), (2, 1), 1, False, None, 1),  # input dilation, mixed layouts
+        (("NHWC", "HWIO", "NHWC"), (1, 1), 2, True, None, 0),  # grouped: generic
+    ],
+    ids=["nhwc", "nchw-bias-generic", "dilated-mixed-biasless", "grouped"],
+)
+def test_convolutions_of_any_geometry_match_the_reference(spec, dilation, groups, bias, bias_shape, convs):
+    from ntkspec._intercept import find_structure
+    from ntkspec.exact import _flat
+
+    apply, params, x = _conv(spec, dilation, groups, bias, bias_shape)
+    op = ntkspec.ntk(apply, params, x, chunk_size=2)
+    fn, leaves = _flat(op.apply, op.params)
+    structure = find_structure(fn, leaves, op.state, op.x[:1])
+    assert len(structure.convs) == convs
+    assert all((conv.bias is not None) == (bias and bias_shape is None) for conv in structure.convs)
+    k = reference_kernel(apply, params, x)
+    assert relative_error(op.dense(), k) < 1e-10
+    assert relative_error(op.diagonal(), np.diag(k)) < 1e-10
+
+
+def test_a_convolution_too_large_for_a_block_takes_the_generic_path(monkeypatch):
+    from ntkspec import exact
+
+    module = NNX_MODELS["cnn"](nnx.Rngs(0), dtype=jnp.float64)
+    x = inputs("cnn", 0, 3, jnp.float64)
+    monkeypatch.setattr(exact, "BLOCK_BYTES", 9 * 8 * 100)  # conv2's 148 parameters are too many
+    assert relative_error(ntkspec.ntk(module, x).dense(), nnx_reference(module, x)) < 1e-10
 
 
 def _jacobian(op) -> np.ndarray:

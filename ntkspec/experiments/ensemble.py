@@ -14,9 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.extend.core as jcore
 import jax.numpy as jnp
 from flax import nnx
+
+from ntkspec._intercept import primitives
 
 
 def over_networks(fn: Callable, unrolled: bool = False) -> Callable:
@@ -37,15 +38,6 @@ def convolves_on_cpu(graphdef, params, x) -> bool:
     """Whether the network (`nnx.split` parameters stacked on axis 0, inputs `x` likewise) convolves,
     on the CPU: then its ensemble is unrolled (`over_networks`) and its epochs dispatched one by one
     (`train._epochs`)."""
-
-    def primitives(jaxpr):
-        for eqn in jaxpr.eqns:
-            yield eqn.primitive.name
-            for param in eqn.params.values():
-                for sub in param if isinstance(param, tuple | list) else (param,):
-                    inner = getattr(sub, "jaxpr", sub)
-                    if isinstance(inner, jcore.Jaxpr):
-                        yield from primitives(inner)
 
     one = jax.tree.map(lambda a: a[0], params)
     jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x[0, :1]))(one).jaxpr
