@@ -73,9 +73,11 @@ class NTKOperator:
 
     @_on_its_mesh
     @full_precision
-    def diagonal(self) -> Float[Array, " n"]:
-        """diag K exactly: squared gradient norm of every (sample, output)."""
-        d = _diagonal(self)
+    def diagonal(self, path: str = "auto") -> Float[Array, " n"]:
+        """diag K exactly: squared gradient norm of every (sample, output); `path` as in `dense`."""
+        if path not in exact.PATHS:
+            raise bad_value("path", repr(path), f"one of {exact.PATHS}")
+        d = _diagonal(self, path)
         return d if self.scale is None else self.scale**2 * d
 
     @_on_its_mesh
@@ -95,7 +97,7 @@ class NTKOperator:
         `diagonal`, if given, is D = diag K, already computed."""
         if self.scale is not None:
             return self
-        d = _diagonal(self) if diagonal is None else diagonal
+        d = _diagonal(self, "auto") if diagonal is None else diagonal
         return dataclasses.replace(self, scale=cosine_scale(d))
 
 
@@ -203,9 +205,9 @@ def _kernel_times(op: NTKOperator, columns: jax.Array) -> jax.Array:
     return out.reshape(width, -1)
 
 
-@jax.jit
-def _diagonal(op: NTKOperator) -> jax.Array:
-    return exact.diagonal(op.apply, op.params, op.state, op.x, op.chunk_size)
+@functools.partial(jax.jit, static_argnums=1)
+def _diagonal(op: NTKOperator, path: str) -> jax.Array:
+    return exact.diagonal(op.apply, op.params, op.state, op.x, op.chunk_size, path)
 
 
 @functools.partial(jax.jit, static_argnums=1)
