@@ -4,7 +4,10 @@ J is the Jacobian of the N*C outputs f(theta, x) with respect to all parameters 
 sample-major (row = i*C + c). Kernel-vector products are K V = J (J^T V): one reverse pass (`jax.vjp`)
 gives U = J^T V as a parameter-shaped pytree, one forward pass (`jax.linearize`) gives J U. Columns of
 V are `vmap`ped in blocks of `probe_block`; samples are processed in chunks of `chunk_size`, so peak
-memory stays O(params * probe_block + chunk) however large N is.
+memory stays O(params * probe_block + chunk) however large N is. The blocks and chunks go through
+`jax.lax.scan`, or Python loops for a model that convolves on the CPU: there XLA:CPU gives the
+convolutions of a loop body, even of a fully unrolled scan, layouts its fast (Eigen) convolution
+does not take, and the products run about 40 times slower (jax-ml/jax#12868, `exact`).
 
 The cosine (normalised-gradient) NTK D^{-1/2} K D^{-1/2}, D = diag K, is the same operator with a
 row scaling s = D^{-1/2}: K~ V = s * K (s * V).
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from operator import itemgetter
 from typing import Any
 
 import jax
@@ -23,6 +27,7 @@ from jaxtyping import Array, Float
 
 from ntkspec import exact, sharding
 from ntkspec._errors import bad_value, describe
+from ntkspec._intercept import primitives
 from ntkspec.model import adapt, validate
 from ntkspec.precision import full_precision
 
@@ -171,7 +176,7 @@ def _matmat(op: NTKOperator, block: jax.Array) -> jax.Array:
     pad = -k % width
     block = jnp.pad(block, ((0, 0), (0, pad)))
     columns = block.T.reshape(-1, width, block.shape[0])  # (blocks, width, n)
-    out = jax.lax.map(functools.partial(_kernel_times, op), columns)
+    out = _map(functools.partial(_kernel_times, op), columns, _in_python(op))
     out = out.reshape(-1, block.shape[0])[:k].T
     return out if op.scale is None else op.scale[:, None] * out
 
@@ -194,15 +199,40 @@ def _kernel_times(op: NTKOperator, columns: jax.Array) -> jax.Array:
         return jax.tree.map(jnp.add, total, u), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros((width, *p.shape), p.dtype), op.params)
-    u, _ = jax.lax.scan(pull, zeros, (xs, vs))
+    in_python = _in_python(op)
+    u, _ = _scan(pull, zeros, (xs, vs), in_python)
 
     def push(x):
         _, jvp = jax.linearize(lambda p: model(p, x), op.params)
         return jax.vmap(jvp)(u)  # (width, size, C)
 
-    out = jax.lax.map(push, xs)  # (chunks, width, size, C)
+    out = _map(push, xs, in_python)  # (chunks, width, size, C)
     out = out.transpose(1, 0, 2, 3).reshape(width, -1, op.n_outputs)[:, : op.n_samples]
     return out.reshape(width, -1)
+
+
+def _scan(f, carry, xs, in_python: bool):
+    """`jax.lax.scan(f, carry, xs)`, or the same steps as a Python loop where `in_python`."""
+    if not in_python:
+        return jax.lax.scan(f, carry, xs)
+    ys = []
+    for i in range(jax.tree.leaves(xs)[0].shape[0]):
+        carry, y = f(carry, jax.tree.map(itemgetter(i), xs))
+        ys.append(y)
+    return carry, jax.tree.map(lambda *parts: jnp.stack(parts), *ys)
+
+
+def _map(f, xs, in_python: bool):
+    """`jax.lax.map(f, xs)`, or a Python loop where `in_python`."""
+    return _scan(lambda _, x: (None, f(x)), None, xs, in_python)[1]
+
+
+def _in_python(op: NTKOperator) -> bool:
+    """Whether the loops run in Python: for a model that convolves, on the CPU."""
+    if jax.default_backend() != "cpu":
+        return False
+    jaxpr = jax.make_jaxpr(lambda p: op.apply(p, op.state, op.x[:1]))(op.params).jaxpr
+    return "conv_general_dilated" in set(primitives(jaxpr))
 
 
 @functools.partial(jax.jit, static_argnums=1)
