@@ -216,3 +216,45 @@ def test_bad_training_settings_are_named(split):
         train(_model(), split, make_optimizer("adam", 1e-3), [0, 5], eval_every=0)
     with pytest.raises(ValueError, match="`patience`: got -1"):
         train(_model(), split, make_optimizer("adam", 1e-3), [0, 5], patience=-1)
+
+
+def test_a_killed_calibration_goes_on_from_its_finished_pilots(tmp_path, monkeypatch):
+    from ntkspec.experiments import sweep
+
+    path = tmp_path / "protocol.toml"
+    # Three pilots here: lr 1e-3 -> epoch 384 (too slow), 1.8e-3 -> 225 (inside), 3.2e-3 -> 114.
+    path.write_text(TINY.replace("[300, 600]", "[150, 300]").replace("epochs = 700", "epochs = 400"))
+    config = load_config(path, store=str(tmp_path / "p.zarr"))
+    real, calls = sweep.train, []
+
+    def killed_after_two(*args, **kwargs):
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # the sweep is killed during its third pilot
+        calls.append(kwargs)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", killed_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config)
+    unfinished = store.read_calibration(config.store_path, "w32")
+    assert unfinished["status"] == "calibrating" and len(unfinished["pilots"]) == 2
+    assert unfinished["failed"] == [] and ntkspec.open_sweep(config.store_path).sizes.get("seed", 0) == 0
+
+    calls.clear()
+    monkeypatch.setattr(sweep, "train", lambda *a, **k: calls.append(k) or real(*a, **k))
+    assert run_sweep(config).complete
+    calibration = store.read_calibration(config.store_path, "w32")
+    pilots = {lr: epoch for lr, epoch in calibration["pilots"]}
+    assert calibration["status"] == "calibrated" and len(calls) == len(pilots) - 2  # only the rest trained
+    assert all(pilots[lr] == epoch for lr, epoch in unfinished["pilots"])
+    assert 150 <= pilots[calibration["lr"]] <= 300
+
+
+def test_an_unfinished_calibration_keeps_which_pilots_diverged():
+    import json
+
+    from ntkspec.experiments import sweep
+
+    done = {-5: (650, True), 0: (384, True), 4: (1301, False)}  # step 4 (lr 1e-2) diverged
+    stored = json.loads(json.dumps(sweep._calibrating(done)))
+    assert stored["failed"] == [pytest.approx(1e-2)] and sweep._stored_pilots(stored) == done

@@ -288,13 +288,16 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
     window's geometric centre; once one falls inside, the next larger grid value is tried, until one
     falls too early. The result (status "calibrated" or "uncalibrated" with advice, the chosen `lr`,
     and every pilot's lr and epoch of the minimum) is stored with the value, once: the other seeds,
-    and a resumed sweep, read it back.
+    and a resumed sweep, read it back. Until then each finished pilot is stored (status
+    "calibrating"), and a calibration that was killed replays them and trains only the rest.
     """
     point = run.point
     with store.claim(config.store_path, f"calibrate_{point}", wait=True):  # one calibration per value
         stored = store.read_calibration(config.store_path, point)
-        if stored is not None:
+        if stored is not None and stored["status"] != "calibrating":
             return stored
+        # Pilots already trained, by grid step: (epoch of the minimum, whether training completed).
+        done = {} if stored is None else _stored_pilots(stored)
         lower, upper = config.min_epoch_window
         centre = (lower * upper) ** 0.5
         pilot = next(r for r in runs(config) if r.point == point and r.seed == 0)
@@ -303,32 +306,36 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
         tried: dict[int, int] = {}
         step, best = 0, None
         while len(tried) < config.pilot_runs and step not in tried:
-            lr = 1e-3 * 10 ** (step / LR_STEPS_PER_DECADE)
-            result = train(
-                run_model(config, pilot, split),
-                split,
-                config_optimizer(config, lr),
-                [0, config.epochs],
-                eval_every=config.eval_every,
-                patience=patience,
-                batch_size=config.batch_size,
-                order=pilot.order_key(),
-            )
-            reached = result.status == "complete" and result.min_epoch < result.stopped
-            epoch = result.min_epoch if reached else config.epochs + 1  # no minimum: too slow
+            if step not in done:
+                result = train(
+                    run_model(config, pilot, split),
+                    split,
+                    config_optimizer(config, _grid_lr(step)),
+                    [0, config.epochs],
+                    eval_every=config.eval_every,
+                    patience=patience,
+                    batch_size=config.batch_size,
+                    order=pilot.order_key(),
+                )
+                completed = result.status == "complete"
+                reached = completed and result.min_epoch < result.stopped
+                epoch = result.min_epoch if reached else config.epochs + 1  # no minimum: too slow
+                done[step] = (epoch, completed)
+                store.write_calibration(root, point, _calibrating(done))
+            epoch, completed = done[step]
             tried[step] = epoch
             if lower <= epoch <= upper:
                 best = step if best is None else max(best, step)
                 step += 1
-            elif epoch < lower or result.status != "complete":
+            elif epoch < lower or not completed:
                 if best is not None:
                     break
                 step -= max(1, round(LR_STEPS_PER_DECADE * math.log10(centre / max(epoch, 1))))
             else:
                 step += max(1, round(LR_STEPS_PER_DECADE * math.log10(epoch / centre)))
-        pilots = [[1e-3 * 10 ** (k / LR_STEPS_PER_DECADE), e] for k, e in sorted(tried.items())]
+        pilots = [[_grid_lr(k), e] for k, e in sorted(tried.items())]
         if best is not None:
-            chosen = 1e-3 * 10 ** (best / LR_STEPS_PER_DECADE)
+            chosen = _grid_lr(best)
             result = {"status": "calibrated", "lr": chosen, "pilots": pilots, "message": ""}
         else:
             result = {
@@ -343,3 +350,29 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
             }
         store.write_calibration(root, point, result)
         return result
+
+
+def _grid_lr(step: int) -> float:
+    return 1e-3 * 10 ** (step / LR_STEPS_PER_DECADE)
+
+
+def _calibrating(done: dict[int, tuple[int, bool]]) -> dict:
+    """The stored form of an unfinished calibration: its pilots so far, those that did not complete
+    (diverged) named in `failed`."""
+    return {
+        "status": "calibrating",
+        "lr": None,
+        "pilots": [[_grid_lr(k), epoch] for k, (epoch, _) in sorted(done.items())],
+        "failed": [_grid_lr(k) for k, (_, completed) in sorted(done.items()) if not completed],
+        "message": "pilots so far; the sweep goes on from them",
+    }
+
+
+def _grid_step(lr: float) -> int:
+    return round(LR_STEPS_PER_DECADE * math.log10(lr / 1e-3))
+
+
+def _stored_pilots(stored: dict) -> dict[int, tuple[int, bool]]:
+    """`_calibrating`'s pilots back by grid step."""
+    failed = {_grid_step(lr) for lr in stored["failed"]}
+    return {_grid_step(lr): (int(epoch), _grid_step(lr) not in failed) for lr, epoch in stored["pilots"]}
