@@ -250,6 +250,11 @@ def primitives(jaxpr: jcore.Jaxpr) -> Iterator[str]:
                     yield from primitives(inner)
 
 
+def convolves(jaxpr: jcore.Jaxpr) -> bool:
+    """Whether `jaxpr` has a convolution anywhere (calls and control-flow bodies included)."""
+    return "conv_general_dilated" in set(primitives(jaxpr))
+
+
 def _closed_jaxpr(fn, leaves: Sequence, *args) -> jcore.ClosedJaxpr:
     return jax.make_jaxpr(fn)(list(leaves), *args)
 
@@ -276,7 +281,7 @@ def find_structure(fn, leaves: Sequence, *args) -> Structure:
     convs = tuple(layer for layer in layers if isinstance(layer, ConvLayer))
     structured = Structure(dense, (), convs).structured
     rest = tuple(i for i in range(n) if i not in structured)
-    return Structure(dense, rest, convs, "conv_general_dilated" in set(primitives(closed.jaxpr)))
+    return Structure(dense, rest, convs, convolves(closed.jaxpr))
 
 
 def perturbed_call(

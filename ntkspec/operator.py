@@ -27,7 +27,7 @@ from jaxtyping import Array, Float
 
 from ntkspec import exact, sharding
 from ntkspec._errors import bad_value, describe
-from ntkspec._intercept import primitives
+from ntkspec._intercept import convolves
 from ntkspec.model import adapt, validate
 from ntkspec.precision import full_precision
 
@@ -176,12 +176,13 @@ def _matmat(op: NTKOperator, block: jax.Array) -> jax.Array:
     pad = -k % width
     block = jnp.pad(block, ((0, 0), (0, pad)))
     columns = block.T.reshape(-1, width, block.shape[0])  # (blocks, width, n)
-    out = _map(functools.partial(_kernel_times, op), columns, _in_python(op))
+    in_python = _in_python(op)
+    out = _map(functools.partial(_kernel_times, op, in_python=in_python), columns, in_python)
     out = out.reshape(-1, block.shape[0])[:k].T
     return out if op.scale is None else op.scale[:, None] * out
 
 
-def _kernel_times(op: NTKOperator, columns: jax.Array) -> jax.Array:
+def _kernel_times(op: NTKOperator, columns: jax.Array, in_python: bool) -> jax.Array:
     """K V^T for V of shape (width, n): J^T V accumulated over sample chunks, then J U chunk by chunk."""
     width = columns.shape[0]
     v = columns.reshape(width, op.n_samples, op.n_outputs).transpose(1, 0, 2)  # (N, width, C)
@@ -199,7 +200,6 @@ def _kernel_times(op: NTKOperator, columns: jax.Array) -> jax.Array:
         return jax.tree.map(jnp.add, total, u), None
 
     zeros = jax.tree.map(lambda p: jnp.zeros((width, *p.shape), p.dtype), op.params)
-    in_python = _in_python(op)
     u, _ = _scan(pull, zeros, (xs, vs), in_python)
 
     def push(x):
@@ -232,7 +232,7 @@ def _in_python(op: NTKOperator) -> bool:
     if jax.default_backend() != "cpu":
         return False
     jaxpr = jax.make_jaxpr(lambda p: op.apply(p, op.state, op.x[:1]))(op.params).jaxpr
-    return "conv_general_dilated" in set(primitives(jaxpr))
+    return convolves(jaxpr)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ntkspec._intercept import primitives
+from ntkspec._intercept import convolves
 
 
 def over_networks(fn: Callable, unrolled: bool = False) -> Callable:
@@ -42,4 +42,4 @@ def convolves_on_cpu(graphdef, params, x) -> bool:
     one = jax.tree.map(lambda a: a[0], params)
     jaxpr = jax.make_jaxpr(lambda p: nnx.merge(graphdef, p)(x[0, :1]))(one).jaxpr
     platform = next(iter(jax.tree.leaves(params)[0].devices())).platform
-    return platform == "cpu" and "conv_general_dilated" in set(primitives(jaxpr))
+    return platform == "cpu" and convolves(jaxpr)
