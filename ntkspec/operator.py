@@ -7,7 +7,8 @@ V are `vmap`ped in blocks of `probe_block`; samples are processed in chunks of `
 memory stays O(params * probe_block + chunk) however large N is. The blocks and chunks go through
 `jax.lax.scan`, or Python loops for a model that convolves on the CPU: there XLA:CPU gives the
 convolutions of a loop body, even of a fully unrolled scan, layouts its fast (Eigen) convolution
-does not take, and the products run about 40 times slower (jax-ml/jax#12868, `exact`).
+does not take, and the products run about 40 times slower (jax-ml/jax#12868, `exact`); the
+estimators step their own loops around such an operator from Python too (`loops_in_python`).
 
 The cosine (normalised-gradient) NTK D^{-1/2} K D^{-1/2}, D = diag K, is the same operator with a
 row scaling s = D^{-1/2}: K~ V = s * K (s * V).
@@ -64,6 +65,15 @@ class NTKOperator:
     def shape(self) -> tuple[int, int]:
         n = self.n_samples * self.n_outputs
         return (n, n)
+
+    @property
+    def loops_in_python(self) -> bool:
+        """Whether loops around this operator's products run in Python: for a model that convolves, on
+        the CPU. Its own blocks and chunks do; so do the estimators' loops (`ntkspec.estimators`)."""
+        if jax.default_backend() != "cpu":
+            return False
+        jaxpr = jax.make_jaxpr(lambda p: self.apply(p, self.state, self.x[:1]))(self.params).jaxpr
+        return convolves(jaxpr)
 
     @_on_its_mesh
     @full_precision
@@ -176,7 +186,7 @@ def _matmat(op: NTKOperator, block: jax.Array) -> jax.Array:
     pad = -k % width
     block = jnp.pad(block, ((0, 0), (0, pad)))
     columns = block.T.reshape(-1, width, block.shape[0])  # (blocks, width, n)
-    in_python = _in_python(op)
+    in_python = op.loops_in_python
     out = _map(functools.partial(_kernel_times, op, in_python=in_python), columns, in_python)
     out = out.reshape(-1, block.shape[0])[:k].T
     return out if op.scale is None else op.scale[:, None] * out
@@ -225,14 +235,6 @@ def _scan(f, carry, xs, in_python: bool):
 def _map(f, xs, in_python: bool):
     """`jax.lax.map(f, xs)`, or a Python loop where `in_python`."""
     return _scan(lambda _, x: (None, f(x)), None, xs, in_python)[1]
-
-
-def _in_python(op: NTKOperator) -> bool:
-    """Whether the loops run in Python: for a model that convolves, on the CPU."""
-    if jax.default_backend() != "cpu":
-        return False
-    jaxpr = jax.make_jaxpr(lambda p: op.apply(p, op.state, op.x[:1]))(op.params).jaxpr
-    return convolves(jaxpr)
 
 
 @functools.partial(jax.jit, static_argnums=1)

@@ -50,11 +50,10 @@ from jaxtyping import Array, Float
 
 from ntkspec._errors import bad_value, check_finite, describe
 from ntkspec._typing import Key
-from ntkspec.estimators._common import check_positive_int
+from ntkspec.estimators._common import check_positive_int, compiled, fori_loop, loops_in_python, while_loop
 from ntkspec.estimators.dense import as_operator
 from ntkspec.model import validate
 from ntkspec.operator import NTKOperator, _chunks, cosine_scale, ntk
-from ntkspec.spectrum import _is_pytree
 
 METHODS = ("auto", "cholesky", "cg", "pcg")
 DEFAULT_RANK = 128
@@ -124,8 +123,7 @@ def rpcholesky(op, key: Key, rank: int = DEFAULT_RANK, block_size: int = DEFAULT
     """
     op = _as_kernel_operator(op)
     rounds, block = _rounds(rank, block_size, op.shape[0])
-    run = _rpcholesky_jit if _is_pytree(op) else _rpcholesky
-    return run(op, jnp.asarray(op.diagonal()), key, rounds, block)
+    return _rpcholesky_compiled(op, jnp.asarray(op.diagonal()), key, rounds, block)
 
 
 def _rounds(rank, block_size, n: int) -> tuple[int, int]:
@@ -159,11 +157,11 @@ def _rpcholesky(op, diagonal, key, rounds: int, block: int) -> LowRank:
         return factor, pivots, residual, key
 
     start = (jnp.zeros((n, rounds * block), dtype), jnp.zeros(rounds * block, jnp.int32), diagonal, key)
-    factor, pivots, residual, _ = jax.lax.fori_loop(0, rounds, one_round, start)
+    factor, pivots, residual, _ = fori_loop(0, rounds, one_round, start, loops_in_python(op))
     return LowRank(factor, pivots, jnp.sum(residual))
 
 
-_rpcholesky_jit = jax.jit(_rpcholesky, static_argnums=(3, 4))
+_rpcholesky_compiled = compiled(_rpcholesky, static_argnums=(3, 4))
 
 
 def _woodbury(low: LowRank, shift) -> Callable[[jax.Array], jax.Array]:
@@ -179,12 +177,13 @@ def _woodbury(low: LowRank, shift) -> Callable[[jax.Array], jax.Array]:
     return apply
 
 
-def _cg(matvec, b, ridge, precondition, tol, max_iterations):
+def _cg(matvec, b, ridge, precondition, tol, max_iterations, in_python):
     """Block of independent (preconditioned) CG solves of (K + ridge I) x = b, b of shape (n, k).
 
     Returns (x, CG steps, max relative residual recomputed from K, any breakdown). When the
     recurrence says a column has converged but its recomputed residual has drifted above `tol`,
-    CG restarts from the current x with the true residual (at most `RESTARTS` times).
+    CG restarts from the current x with the true residual (at most `RESTARTS` times). The loops
+    step from Python where `in_python` (`loops_in_python`).
     """
 
     def apply(v):
@@ -220,7 +219,7 @@ def _cg(matvec, b, ridge, precondition, tol, max_iterations):
             rz = jnp.where(ok, rz_new, rz)
             return x, r, p, rz, ok & (relative(r) > tol), broken | (active & ~ok), it + 1
 
-        x, _, _, _, _, broken, it = jax.lax.while_loop(cond, body, state)
+        x, _, _, _, _, broken, it = while_loop(cond, body, state, in_python)
         return x, broken, it
 
     def cond(state):
@@ -234,7 +233,7 @@ def _cg(matvec, b, ridge, precondition, tol, max_iterations):
         return x, b - apply(x), broken, it, restarts + 1
 
     start = (jnp.zeros_like(b), b, jnp.zeros(b.shape[1], bool), 0, 0)
-    x, r, broken, iterations, _ = jax.lax.while_loop(cond, body, start)
+    x, r, broken, iterations, _ = while_loop(cond, body, start, in_python)
     return x, iterations, jnp.max(relative(r)), jnp.any(broken)
 
 
@@ -247,10 +246,10 @@ def _solve_operator(op, diagonal, b, ridge, key, rounds, block, tol, max_iterati
         precondition = _woodbury(low, shift)
     else:
         precondition = lambda r: r
-    return _cg(matvec, b, ridge, precondition, tol, max_iterations)
+    return _cg(matvec, b, ridge, precondition, tol, max_iterations, loops_in_python(op))
 
 
-_solve_operator_jit = jax.jit(_solve_operator, static_argnums=(5, 6, 9))
+_solve_operator_compiled = compiled(_solve_operator, static_argnums=(5, 6, 9))
 
 
 def _as_kernel_operator(kernel):
@@ -403,8 +402,7 @@ def fit(
         )
     rounds, block = _rounds(rank, block_size, n)
     matrix = b[:, None] if b.ndim == 1 else b
-    run = _solve_operator_jit if _is_pytree(op) else _solve_operator
-    x, iterations, residual, broken = run(
+    x, iterations, residual, broken = _solve_operator_compiled(
         op, diagonal, matrix, ridge, key, rounds, block, tol, max_iterations, preconditioned
     )
     residual, broken, iterations = float(residual), bool(broken), int(iterations)

@@ -26,7 +26,7 @@ import scipy.linalg
 
 from ntkspec import sharding
 from ntkspec._errors import bad_value, describe
-from ntkspec.estimators._common import entropy_from_eigenvalues
+from ntkspec.estimators._common import compiled, entropy_from_eigenvalues
 from ntkspec.estimators.dense import as_operator
 from ntkspec.estimators.quadrature import krylov_spectrum
 from ntkspec.operator import cosine_scale
@@ -133,8 +133,7 @@ def _stochastic(op, key, budget: int, top_k: int, reason: str, diagonal=None) ->
     diagonal = jnp.asarray(op.diagonal() if diagonal is None else diagonal)
     trace = jnp.sum(diagonal.astype(jax.dtypes.canonicalize_dtype(jnp.float64)))
     settings = {"budget": budget, "top_k": min(top_k, n)}
-    run = _krylov_spectrum_jit if _is_pytree(op) else krylov_spectrum
-    result = run(op, key, trace=trace, **settings)
+    result = _krylov_spectrum(op, key, trace=trace, **settings)
     result = jax.device_get(result)
     return Spectrum(
         size=n,
@@ -158,14 +157,8 @@ def _stochastic(op, key, budget: int, top_k: int, reason: str, diagonal=None) ->
 
 
 # Compiled once per operator structure, shape and settings (the operator is an argument, not a
-# constant).
-_krylov_spectrum_jit = jax.jit(krylov_spectrum, static_argnames=("budget", "top_k"))
-
-
-def _is_pytree(op) -> bool:
-    """True when `op` flattens into array leaves (so it can be an argument of `jit`)."""
-    leaves = jax.tree_util.tree_leaves(op)
-    return bool(leaves) and all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves)
+# constant); stepped from Python for an operator that asks for it.
+_krylov_spectrum = compiled(krylov_spectrum, static_argnames=("budget", "top_k"))
 
 
 @_on_its_mesh

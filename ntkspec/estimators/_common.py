@@ -1,8 +1,10 @@
-"""Shared plumbing of the estimators: operators as block matvecs, working and projected dtypes, and
-the spectral entropy (the one definition the library uses)."""
+"""Shared plumbing of the estimators: operators as block matvecs, their loops (compiled, or stepped
+from Python), working and projected dtypes, and the spectral entropy (the one definition the
+library uses)."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import jax
@@ -43,6 +45,47 @@ def as_block_matvec(op, n: int | None = None, dtype=None) -> tuple[Callable, int
     if not jnp.issubdtype(array.dtype, jnp.floating):
         raise bad_value("op", describe(array), "a floating-point matrix", "Cast it to float32/64.")
     return (lambda v: array @ v), array.shape[0], array.dtype
+
+
+def loops_in_python(op) -> bool:
+    """Whether the estimators step their loops around `op`'s products from Python: where the operator
+    asks for it (`NTKOperator.loops_in_python`, a model that convolves, on the CPU). In a `while` body
+    XLA:CPU gives convolutions layouts its fast convolution does not take (jax-ml/jax#12868)."""
+    return bool(getattr(op, "loops_in_python", False))
+
+
+def fori_loop(lower: int, upper: int, body: Callable, init, in_python: bool):
+    """`jax.lax.fori_loop(lower, upper, body, init)`, or the same steps from Python where `in_python`
+    (each product then one compiled call when run eagerly; unrolled under a trace)."""
+    if not in_python:
+        return jax.lax.fori_loop(lower, upper, body, init)
+    for i in range(lower, upper):
+        init = body(i, init)
+    return init
+
+
+def while_loop(cond: Callable, body: Callable, init, in_python: bool):
+    """`jax.lax.while_loop(cond, body, init)`, or the same loop from Python where `in_python` and the
+    condition is concrete (eager); under a trace it stays a `while_loop`."""
+    if not in_python or isinstance(cond(init), jax.core.Tracer):
+        return jax.lax.while_loop(cond, body, init)
+    while cond(init):
+        init = body(init)
+    return init
+
+
+def compiled(fn: Callable, **jit_options) -> Callable:
+    """`fn(op, ...)` compiled by `jax.jit` (`jit_options`) where `op` can be its argument (a pytree of
+    array leaves) and does not step its loops from Python; otherwise `fn` itself, run eagerly."""
+    jitted = jax.jit(fn, **jit_options)
+
+    @functools.wraps(fn)
+    def run(op, *args, **kwargs):
+        leaves = jax.tree_util.tree_leaves(op)
+        pytree = bool(leaves) and all(isinstance(leaf, jax.Array | np.ndarray) for leaf in leaves)
+        return (jitted if pytree and not loops_in_python(op) else fn)(op, *args, **kwargs)
+
+    return run
 
 
 def _check_square(name: str, shape: tuple, obj) -> None:

@@ -18,7 +18,13 @@ import jax
 import jax.numpy as jnp
 
 from ntkspec._errors import bad_value
-from ntkspec.estimators._common import as_block_matvec, check_positive_int, projected_dtype
+from ntkspec.estimators._common import (
+    as_block_matvec,
+    check_positive_int,
+    loops_in_python,
+    projected_dtype,
+    while_loop,
+)
 
 
 class Eigenpairs(NamedTuple):
@@ -60,6 +66,8 @@ def top_eigenpairs(
         computed residuals cannot fall much below √n·eps·θ₁, the rounding of a matvec, and grow a
         little with each restart (KY is carried, not recomputed): a float64 kernel of n = 400 stalled
         at 11–20 eps after 13–28 restarts (unoptimised XLA:CPU), where a 10·eps default never converged.
+
+    The loops are `while_loop`s, or stepped from Python for an operator that `loops_in_python`.
     """
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     k = check_positive_int("k", k)
@@ -81,6 +89,7 @@ def top_eigenpairs(
         )
     tol = float(10 * n**0.5 * jnp.finfo(dtype).eps) if tol is None else float(tol)
     proj = projected_dtype()
+    in_python = loops_in_python(op)
 
     start, _ = jnp.linalg.qr(jax.random.normal(key, (n, b), dtype))
     basis = jnp.zeros((n, cols), dtype)
@@ -114,8 +123,8 @@ def top_eigenpairs(
 
     def cycle(state):
         basis, images, filled, block, used, _, restarts, _ = state
-        basis, images, filled, block, used = jax.lax.while_loop(
-            can_expand, expand, (basis, images, filled, block, used)
+        basis, images, filled, block, used = while_loop(
+            can_expand, expand, (basis, images, filled, block, used), in_python
         )
         theta, vectors, kv, residuals = ritz(basis, images)
         converged = jnp.all(residuals[:k] <= tol * theta[0])
@@ -132,14 +141,14 @@ def top_eigenpairs(
     empty = (jnp.zeros(keep, proj), jnp.zeros((n, keep), dtype), jnp.full(keep, jnp.inf, dtype))
     state = (basis, images, 0, start, 0, jnp.array(False), 0, empty)
     state = cycle(state)
-    *_, used, converged, restarts, (theta, vectors, residuals) = jax.lax.while_loop(go_on, cycle, state)
+    *_, used, converged, restarts, (theta, vectors, residuals) = while_loop(go_on, cycle, state, in_python)
     return Eigenpairs(
         values=theta[:k],
         vectors=vectors[:, :k],
         residuals=residuals[:k].astype(proj),
-        matvecs=used,
+        matvecs=jnp.asarray(used),
         converged=converged,
-        restarts=restarts - 1,
+        restarts=jnp.asarray(restarts - 1),
     )
 
 

@@ -22,7 +22,13 @@ import jax
 import jax.numpy as jnp
 
 from ntkspec._errors import bad_value, describe
-from ntkspec.estimators._common import as_block_matvec, check_positive_int, projected_dtype
+from ntkspec.estimators._common import (
+    as_block_matvec,
+    check_positive_int,
+    fori_loop,
+    loops_in_python,
+    projected_dtype,
+)
 
 
 class LanczosDecomposition(NamedTuple):
@@ -45,7 +51,8 @@ class LanczosDecomposition(NamedTuple):
 def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDecomposition:
     """`num_steps` steps of block Lanczos, fully (doubly) reorthogonalised, from `start` (n, b).
 
-    `start` should have full column rank; it is orthonormalised first. Costs s·b matvecs.
+    `start` should have full column rank; it is orthonormalised first. Costs s·b matvecs. The steps
+    run in a `fori_loop`, or from Python for an operator that `loops_in_python`.
     """
     matvec, n, dtype = as_block_matvec(op, n, dtype)
     s = check_positive_int("num_steps", num_steps)
@@ -81,7 +88,7 @@ def block_lanczos(op, start, *, num_steps: int, n=None, dtype=None) -> LanczosDe
         return basis, diag_blocks, sub_blocks
 
     init = (basis, jnp.zeros((s, b, b), proj), jnp.zeros((s, b, b), proj))
-    basis, diag_blocks, sub_blocks = jax.lax.fori_loop(0, s, step, init)
+    basis, diag_blocks, sub_blocks = fori_loop(0, s, step, init, loops_in_python(op))
     return LanczosDecomposition(
         basis=basis[:, : s * b],
         tridiagonal=assemble_block_tridiagonal(diag_blocks, sub_blocks[:-1]),

@@ -99,11 +99,11 @@ class KrylovSpectrum(NamedTuple):
 
 def slq(op, key, *, num_probes: int, num_steps: int, n=None, dtype=None) -> QuadratureEstimate:
     """Stochastic Lanczos quadrature for tr(K ln K): m Rademacher probes × s Lanczos steps."""
-    matvec, n, dtype = as_block_matvec(op, n, dtype)
+    _, n, dtype = as_block_matvec(op, n, dtype)
     m = check_positive_int("num_probes", num_probes, 2)
     s = check_positive_int("num_steps", num_steps)
     z = jax.random.rademacher(key, (n, m), dtype)
-    gauss, radau, forms = _probe_quadrature(matvec, z, s, n, dtype)
+    gauss, radau, forms = _probe_quadrature(op, z, s, n, dtype)
     root_m = jnp.sqrt(m)
     return QuadratureEstimate(
         value=jnp.mean(gauss),
@@ -142,7 +142,7 @@ def krylov_spectrum(
         Defaults (b = 10, half of B, r = 4, s = 10, so m = B/20) are those measured in the notes.
     top_k : number of Ritz pairs returned.
     """
-    matvec, n, dtype = as_block_matvec(op, n, dtype)
+    _, n, dtype = as_block_matvec(op, n, dtype)
     budget = check_positive_int("budget", budget, 1)
     b = check_positive_int("block_size", block_size)
     s = check_positive_int("probe_steps", probe_steps)
@@ -168,7 +168,7 @@ def krylov_spectrum(
     key_block, key_probe = jax.random.split(key)
 
     omega = jax.random.normal(key_block, (n, b), dtype)
-    decomposition = block_lanczos(matvec, omega, num_steps=blocks, n=n, dtype=dtype)
+    decomposition = block_lanczos(op, omega, num_steps=blocks, n=n, dtype=dtype)
     c = q * b
     s0_gauss, s0_radau = _gauss_radau(decomposition.tridiagonal, decomposition.next_coupling, c, dtype)
     t0 = jnp.trace(decomposition.tridiagonal[:c, :c])
@@ -176,7 +176,7 @@ def krylov_spectrum(
     z = jax.random.rademacher(key_probe, (n, m), dtype)
     z = z - qbar @ (qbar.T @ z)
     z = z - qbar @ (qbar.T @ z)
-    gauss, radau, forms = _probe_quadrature(matvec, z, s, n, dtype)
+    gauss, radau, forms = _probe_quadrature(op, z, s, n, dtype)
 
     root_m = jnp.sqrt(m)
     trace_check = t0 + jnp.mean(forms)
@@ -227,12 +227,12 @@ def krylov_spectrum(
     )
 
 
-def _probe_quadrature(matvec, z, num_steps, n, dtype):
+def _probe_quadrature(op, z, num_steps, n, dtype):
     """Per column v of z: Gauss and Gauss–Radau values of vᵀ f(K) v, and vᵀKv (‖v‖²-scaled)."""
     proj = projected_dtype()
 
     def one(v):
-        decomposition = block_lanczos(matvec, v[:, None], num_steps=num_steps, n=n, dtype=dtype)
+        decomposition = block_lanczos(op, v[:, None], num_steps=num_steps, n=n, dtype=dtype)
         t = decomposition.tridiagonal
         gauss, radau = _gauss_radau(t, decomposition.next_coupling, 1, dtype)
         return gauss, radau, t[0, 0]

@@ -48,6 +48,7 @@ from ntkspec.estimators import (
     subspace_rank,
     top_eigenpairs,
 )
+from ntkspec.estimators._common import compiled
 from ntkspec.experiments.checkpoint import tree_arrays, tree_from_arrays
 from ntkspec.experiments.config import SweepConfig, run_keys
 from ntkspec.experiments.ensemble import over_networks
@@ -73,12 +74,13 @@ RIDGE = 1e-4
 _NAN2 = (float("nan"), float("nan"))
 
 # One compiled program per operator structure (the operators are pytree arguments): faster than
-# eager dispatch, and on a mesh its collectives run inside one program.
+# eager dispatch, and on a mesh its collectives run inside one program. The top eigenpairs loop over
+# products, stepped from Python for an operator that asks for it (`compiled`).
 _comparison_stochastic = jax.jit(kernel_comparison_stochastic, static_argnames=("num_matvecs", "n", "dtype"))
 _label_alignment_stochastic = jax.jit(
     kernel_target_alignment_stochastic, static_argnames=("num_matvecs", "n", "dtype")
 )
-_top_eigenpairs = jax.jit(top_eigenpairs, static_argnames=("k", "block_size", "budget", "max_basis", "tol"))
+_top_eigenpairs = compiled(top_eigenpairs, static_argnames=("k", "block_size", "budget", "max_basis", "tol"))
 
 
 def _pad(values: np.ndarray, k: int) -> np.ndarray:
