@@ -94,6 +94,30 @@ def test_ensemble_equals_separate_runs_seed_by_seed(splits, separate):
         _same_run(one, want)
 
 
+def test_one_shared_step_count_trains_as_a_count_per_network(splits):
+    """Networks that all take the same steps share one unbatched loop (`_epochs`); it gives the
+    per-network loop's numbers, and a count of 0 in that loop still freezes its network."""
+    from ntkspec.experiments import train as training
+
+    graphdef, params = training._stack("models", [nnx.split(_model(seed)) for seed in range(2)])
+    carry = (params, jax.vmap(OPTIMIZER.init)(params), np.ones(2, bool))
+    statics = (graphdef, OPTIMIZER.update, None, False)
+    data_ = (np.zeros(2, np.int64), jax.random.split(jax.random.key(0), 2))
+    data_ += tuple(np.stack([getattr(s, name) for s in splits[:2]]) for name in ("x_train", "y_train"))
+
+    def epochs(n_steps, per_network):
+        run = training._compiled_epochs if per_network else training._epochs
+        return run(training._training_epoch, statics, carry, n_steps, *data_)[0]
+
+    shared, per_network = epochs(np.array([7, 7]), False), epochs(np.array([7, 7]), True)
+    frozen = epochs(np.array([7, 0]), False)
+    for a, b, c, start in zip(*map(jax.tree.leaves, (shared, per_network, frozen, params)), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(c[0], a[0], rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(c[1], start[1])
+    assert not np.allclose(jax.tree.leaves(shared)[0][1], jax.tree.leaves(params)[0][1])
+
+
 def test_one_diverged_seed_does_not_stop_the_others(splits, separate):
     x_train = splits[1].x_train.copy()
     x_train[3, 5] = np.nan

@@ -4,12 +4,13 @@ Between two recording epochs the optimiser steps run inside one compiled loop: t
 once into its graph definition and parameters (`nnx.split`), so a step is a pure function
 (params, opt_state) -> (params, opt_state) that `jax.lax.fori_loop` repeats. The trip count is a
 traced argument, so one compilation serves every gap between recordings, linear or log-spaced (a
-`lax.scan` would recompile for every distinct gap length). A network with convolutions on the CPU
-runs its epochs one dispatch each instead, its ensemble unrolled (`_epochs`,
-`ensemble.over_networks`: XLA:CPU convolves about 18 times slower inside a loop, and several times
-slower vmapped). At each recording epoch the trainer evaluates the loss and accuracy on the
-training and test sets and hands them, with the network, to the `measure` callback
-(`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
+`lax.scan` would recompile for every distinct gap length); it is one count for an ensemble whose
+networks all step alike, and one per network once some have stopped (`_compiled_epochs`). A
+network with convolutions on the CPU runs its epochs one dispatch each instead, its ensemble
+unrolled (`_epochs`, `ensemble.over_networks`: XLA:CPU convolves about 18 times slower inside a
+loop, and several times slower vmapped). At each recording epoch the trainer evaluates the loss
+and accuracy on the training and test sets and hands them, with the network, to the `measure`
+callback (`ntkspec.experiments.measure.Measure`), whose `Record` goes to the recorder.
 
 A loss that becomes NaN or Inf ends the run with status "diverged" and advice, never an exception:
 one bad width must not stop a sweep (failures are data, as in lineax's `RESULTS`).
@@ -88,9 +89,10 @@ def make_optimizer(
 
     The learning rate is set in the state by `init` and read by `update` as a traced value, so the
     optimisers of every learning rate share one `update` and the training loop (whose static
-    argument it is) compiles once per architecture: a calibration's pilots and the widths' runs
-    reuse it. On a GPU one compilation of the loop took 47 s (benchmarks/RESULTS.md, "GPU"). The
-    learning rate takes the parameters' dtype, so float32 training computes as `optax.adam(lr)`."""
+    argument it is) compiles once per architecture (twice for an ensemble whose networks stop at
+    different epochs: `_compiled_epochs`): a calibration's pilots and the widths' runs reuse it.
+    On a GPU one compilation of the loop took 47 s (benchmarks/RESULTS.md, "GPU"). The learning
+    rate takes the parameters' dtype, so float32 training computes as `optax.adam(lr)`."""
     if not lr > 0:
         raise bad_value("lr", lr, "a positive learning rate")
     shared = _learning_rate_in_state(name, b1, b2, momentum)
@@ -218,19 +220,24 @@ def _replay_epoch(statics, i, carry, start, key, x, y, x_test, y_test):
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _compiled_epochs(body, statics, carry, n_steps, *data):
-    """Per network e, `n_steps[e]` epochs `body(statics, i, carry, *data)` in one compiled loop.
+    """Per network e, `n_steps[e]` epochs `body(statics, i, carry, *data)` in one compiled loop, or
+    `n_steps` epochs for every network when it is a scalar.
 
     `body` and `statics` (graph definition, the optimizer's update, batch size, unroll) are static,
     so runs of one architecture share one compilation when their optimizers share an `update` (those
-    of `make_optimizer` do, whatever their learning rate). Under `vmap` the
-    loop runs max(n_steps) times and leaves a network's carry unchanged once its own count is done
-    (a batched `while_loop` selects): a network given 0 steps (stopped, diverged) is frozen.
+    of `make_optimizer` do, whatever their learning rate). With a count per network the loop's
+    condition is batched under `vmap`: it runs max(n_steps) times and, at every step, selects each
+    network's new carry or its old one once its own count is done, so a network given 0 steps
+    (stopped, diverged) is frozen. That select reads and writes the whole state (parameters and
+    optimizer moments) once more per step; a scalar count, one loop for all, has none
+    (`benchmarks/trip_count.py`).
     """
 
     def one(carry, n_steps, *data):
         return jax.lax.fori_loop(0, n_steps, lambda i, c: body(statics, i, c, *data), carry)
 
-    return jax.vmap(one)(carry, n_steps, *data)
+    shared = jnp.ndim(n_steps) == 0
+    return jax.vmap(one, in_axes=(0, None if shared else 0) + (0,) * len(data))(carry, n_steps, *data)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
@@ -254,8 +261,10 @@ def _epochs(body, statics, carry, n_steps, *data):
     the CPU with one dispatch per epoch, its minibatches and its networks unrolled.
     """
     if not statics[3]:
+        if np.all(n_steps == n_steps[0]):  # every network takes the same steps: one unbatched loop
+            n_steps = n_steps[0]
         return _compiled_epochs(body, statics, carry, n_steps, *data)
-    for i in range(int(np.max(np.asarray(n_steps), initial=0))):
+    for i in range(int(np.max(n_steps, initial=0))):
         carry = _one_epoch(body, statics, i, carry, n_steps, *data)
     return carry
 
@@ -433,7 +442,7 @@ def train_ensemble(
     for epoch in points if resume is None else [point for point in points if point > resume.epoch]:
         if not active.any():
             break
-        n_steps = jnp.asarray(np.where(active, epoch - previous, 0))
+        n_steps = np.where(active, epoch - previous, 0)
         params, opt_state, finite = _epochs(
             _training_epoch,
             statics,
@@ -523,7 +532,7 @@ def train_ensemble(
         _replay_epoch,
         statics,
         (*best_state, first),
-        jnp.asarray(spans),
+        spans,
         jnp.asarray(best_start),
         keys,
         x_train,
