@@ -491,7 +491,9 @@ def train_ensemble(
                 n_records[e] += 1
             if patience is not None and epoch >= best_epoch[e] + patience:
                 stopped[e], active[e] = epoch, False
-        if improved.any():
+        if improved.all():
+            best_state = kept  # no copy of the whole state (an ensemble of one, early in training)
+        elif improved.any():
             best_state = _select(jnp.asarray(improved), kept, best_state)
         kept, kept_epoch, previous = (params, opt_state), epoch, epoch
         if checkpoint is not None and active.any() and time.monotonic() - saved >= checkpoint_every:
