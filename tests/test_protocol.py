@@ -250,6 +250,42 @@ def test_a_killed_calibration_goes_on_from_its_finished_pilots(tmp_path, monkeyp
     assert 150 <= pilots[calibration["lr"]] <= 300
 
 
+def test_a_pilot_killed_in_training_goes_on_from_its_checkpoint(tmp_path, monkeypatch):
+    from ntkspec.experiments import sweep
+
+    path = tmp_path / "protocol.toml"
+    path.write_text(TINY.replace("[300, 600]", "[150, 300]").replace("epochs = 700", "epochs = 400"))
+    config = load_config(path, store=str(tmp_path / "p.zarr"), checkpoint_every=0)
+    assert run_sweep(load_config(path, store=str(tmp_path / "whole.zarr"))).complete
+    whole = store.read_calibration(tmp_path / "whole.zarr", "w32")
+    real, resumed = sweep.train, []
+
+    def killed(*args, **kwargs):
+        if len(resumed) == 1:  # the second pilot: killed after its checkpoint at epoch 50
+            write = kwargs["checkpoint"]
+
+            def checkpoint(state):
+                write(state)
+                if state.epoch == 50:
+                    raise KeyboardInterrupt
+
+            kwargs["checkpoint"] = checkpoint
+        resumed.append(kwargs["resume"])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(sweep, "train", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_sweep(config)
+    assert store.read_checkpoint(config.store_path, "w32_pilot_lr0.00178").epoch == 50
+    resumed.clear()
+    monkeypatch.setattr(sweep, "train", lambda *a, **k: resumed.append(k["resume"]) or real(*a, **k))
+    assert run_sweep(config).complete
+    assert resumed[0].epoch == 50 and all(state is None for state in resumed[1:])
+    calibration = store.read_calibration(config.store_path, "w32")
+    assert calibration["pilots"] == whole["pilots"] and calibration["lr"] == whole["lr"]
+    assert store.read_checkpoint(config.store_path, "w32_pilot_lr0.00178") is None  # deleted when done
+
+
 def test_an_unfinished_calibration_keeps_which_pilots_diverged():
     import json
 

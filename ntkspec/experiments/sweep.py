@@ -289,7 +289,9 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
     falls too early. The result (status "calibrated" or "uncalibrated" with advice, the chosen `lr`,
     and every pilot's lr and epoch of the minimum) is stored with the value, once: the other seeds,
     and a resumed sweep, read it back. Until then each finished pilot is stored (status
-    "calibrating"), and a calibration that was killed replays them and trains only the rest.
+    "calibrating") and the one in training is checkpointed as an ensemble is (`checkpoint_every`):
+    a calibration that was killed replays the finished pilots and goes on with the last from its
+    checkpoint.
     """
     point = run.point
     with store.claim(config.store_path, f"calibrate_{point}", wait=True):  # one calibration per value
@@ -307,6 +309,7 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
         step, best = 0, None
         while len(tried) < config.pilot_runs and step not in tried:
             if step not in done:
+                key = f"{point}_pilot_lr{_grid_lr(step):.3g}"  # its checkpoint, as an ensemble's
                 result = train(
                     run_model(config, pilot, split),
                     split,
@@ -316,7 +319,11 @@ def calibrate(config: SweepConfig, run: Run, dataset, root) -> dict:
                     patience=patience,
                     batch_size=config.batch_size,
                     order=pilot.order_key(),
+                    checkpoint=functools.partial(store.write_checkpoint, root, key),
+                    checkpoint_every=config.checkpoint_every,
+                    resume=store.read_checkpoint(config.store_path, key),
                 )
+                store.delete_checkpoint(root, key)
                 completed = result.status == "complete"
                 reached = completed and result.min_epoch < result.stopped
                 epoch = result.min_epoch if reached else config.epochs + 1  # no minimum: too slow

@@ -282,11 +282,14 @@ def train(
     batch_size: int | None = None,
     order: Key | None = None,
     mesh: Mesh | None = None,
+    checkpoint: Callable[[EnsembleState], None] | None = None,
+    checkpoint_every: float = 600.0,
+    resume: EnsembleState | None = None,
 ) -> TrainResult:
     """Train `model` on `split` with softmax cross-entropy, measuring at `epochs`.
 
     The ensemble of one (`train_ensemble`, which says how): `measure`, `recorder` and `order` are
-    that of its one network.
+    that of its one network; `checkpoint` and `resume` take and give its `EnsembleState`.
     """
     return train_ensemble(
         [model],
@@ -300,6 +303,9 @@ def train(
         batch_size=batch_size,
         orders=None if order is None else [order],
         mesh=mesh,
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
     )[0]
 
 
