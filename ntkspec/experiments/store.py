@@ -6,6 +6,7 @@ Layout (Zarr v3)::
       .locks/                    one lock file per run (`filelock`), and one for creating the root
       _calibration/w64/          attrs: the learning-rate calibration of a swept value
       _checkpoints/w64_s0-4/     attrs: latest; the latest checkpoint of an ensemble in training
+      _checkpoints/w64_pilot_lr0.001/  likewise, of a calibration's pilot in training
         epoch373/                attrs: epoch, messages; one array per `checkpoint.EnsembleState` name
       w64_s0/                    attrs: status, message, n_records, arrays (the record arrays it
                                  holds) and `records.RUN_FIELDS`
