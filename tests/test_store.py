@@ -3,10 +3,12 @@ packed stores; the 80-column table; the experiment layer's import order."""
 
 import ast
 import shutil
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from rich.console import Console
 
 import ntkspec
@@ -113,8 +115,13 @@ def test_packed_store_reads_as_the_folder(store_path, tmp_path):
     assert store.read_run(packed, "w8_s0")[0] == store.read_run(store_path, "w8_s0")[0]
     table = analyze_store(packed, n_boot=10).table.to_markdown()
     assert table == analyze_store(store_path, n_boot=10).table.to_markdown()
-    with pytest.raises(ValueError, match="packed"):
+    with pytest.raises(ValueError, match="packed") as error:
         store.open_store(packed, {})
+    assert f"python -m zipfile -e {packed} runs/s.zarr" in str(error.value)
+    unpacked = tmp_path / "unpacked" / "s.zarr"  # the advice followed: the sweep goes on in it
+    zipfile.ZipFile(packed).extractall(unpacked)
+    store.open_store(unpacked, zarr.open_group(str(store_path), mode="r").attrs["config"])
+    assert store.list_runs(unpacked) == store.list_runs(store_path)
     shutil.rmtree(store_path / "w8_s0" / "trace")
     with pytest.raises(store.CorruptRunError):  # a damaged folder is not packed
         store.pack(store_path, tmp_path / "bad.zip")

@@ -122,7 +122,11 @@ def open_store(
     path = Path(path).expanduser()
     if zipfile.is_zipfile(path):
         raise bad_value(
-            "store", f"{str(path)!r}, a packed (read-only) store", "a store folder to write runs into"
+            "store",
+            f"{str(path)!r}, a packed (read-only) store",
+            "a store folder to write runs into",
+            f"To go on with it, unpack it into a folder and pass that: "
+            f"python -m zipfile -e {path} runs/{path.name.removesuffix('.zip')}",
         )
     path.mkdir(parents=True, exist_ok=True)
     config = _jsonable(config)
