@@ -6,8 +6,10 @@ The suite's programs are small, so compiling them takes most of its time. Two se
 in benchmarks/, not here), and one persistent compilation cache is shared by the xdist workers, the
 subprocesses the tests start and later runs (`JAX_COMPILATION_CACHE_DIR`; its key holds the
 program, the flags and the JAX version; about 30 MB a run, left unbounded because JAX's size bound
-made the workers no faster than without a cache). Both are environment variables, set here, at
-import, before anything imports jax, so that subprocesses inherit them; a value already set is kept.
+made the workers no faster than without a cache; an entry read while another worker still
+writes it only costs a compile: pyproject.toml lets that warning pass). Both are environment
+variables, set here, at import, before anything imports jax, so that subprocesses inherit them; a
+value already set is kept.
 """
 
 import os
