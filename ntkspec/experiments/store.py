@@ -125,8 +125,8 @@ def open_store(
             "store",
             f"{str(path)!r}, a packed (read-only) store",
             "a store folder to write runs into",
-            f"To go on with it, unpack it into a folder and pass that: "
-            f"python -m zipfile -e {path} runs/{path.name.removesuffix('.zip')}",
+            "To go on with it, unpack it into a folder and pass that: "
+            f"python -m zipfile -e {path} runs/{stem(path)}.zarr",
         )
     path.mkdir(parents=True, exist_ok=True)
     config = _jsonable(config)
