@@ -12,7 +12,7 @@ from ntkspec import data, models
 from ntkspec._testing import reference_kernel
 from ntkspec.estimators import one_hot_targets
 from ntkspec.experiments import store
-from ntkspec.experiments.analysis import analyze_store
+from ntkspec.experiments.analysis import Calibration, analyze_store
 from ntkspec.experiments.config import load_config
 from ntkspec.experiments.measure import Measure
 from ntkspec.experiments.sweep import run_sweep
@@ -78,6 +78,20 @@ def test_calibration_slows_a_width_where_1e3_is_too_fast(tmp_path):
     assert found.pilots == sorted(pilots.items()) and found.median_epoch == pilots[calibration["lr"]]
     assert found.inside and "| 32 | calibrated |" in analysis.to_markdown()
     assert analysis.to_dict()["calibration"][0]["inside"] is True
+    assert found.min_losses == pytest.approx([float(run["min_test_loss"])])
+    assert found.at_cap == int(int(run["stopped_epoch"]) >= 1300)
+    assert np.isnan(found.epoch_loss_correlation)  # one seed: no correlation
+
+
+def test_epoch_loss_correlation_is_pearsons_r_over_seeds():
+    rng = np.random.default_rng(3)
+    epochs = rng.integers(400, 1200, 12).astype(float)
+    losses = 1.2 - 4e-4 * epochs + 0.05 * rng.normal(size=12)
+    found = Calibration(64, "calibrated", 1e-4, [(1e-4, 700)], epochs, (400, 1000), losses, 2)
+    assert found.epoch_loss_correlation == pytest.approx(np.corrcoef(epochs, losses)[0, 1], rel=1e-12)
+    assert found.epoch_loss_correlation < -0.5
+    few = Calibration(64, "calibrated", 1e-4, [], epochs[:2], (400, 1000), losses[:2], 0)
+    assert np.isnan(few.epoch_loss_correlation)
 
 
 def test_uncalibrated_value_is_recorded_and_the_sweep_goes_on(tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.stats
 import xarray as xr
 
 from ntkspec.experiments import report
@@ -213,7 +214,8 @@ class Calibration:
 
     `status` is the stored calibration's ("calibrated", "uncalibrated"), or "missing" when none is
     stored yet; `pilots` are its (lr, epoch of the minimum) by lr; `min_epochs` the runs'
-    `min_test_loss_epoch`, by seed.
+    `min_test_loss_epoch`, by seed, `min_losses` their `min_test_loss`, and `at_cap` how many of
+    them trained to the config's `epochs` without patience stopping them.
     """
 
     value: float
@@ -222,6 +224,8 @@ class Calibration:
     pilots: list[tuple[float, int]]
     min_epochs: np.ndarray
     window: tuple[int, int]
+    min_losses: np.ndarray
+    at_cap: int
 
     @property
     def median_epoch(self) -> float:
@@ -231,6 +235,15 @@ class Calibration:
     def inside(self) -> bool:
         """Whether the median over seeds of the epoch of the minimum is inside the window."""
         return bool(self.window[0] <= self.median_epoch <= self.window[1])
+
+    @property
+    def epoch_loss_correlation(self) -> float:
+        """Pearson's r over seeds between the epoch of the minimum and the minimum test loss (NaN
+        below three runs or for a constant column). Negative r: the seeds that reach their minimum
+        later reach a lower one, so an epoch cap that stops runs early biases the mean loss upwards."""
+        if self.min_epochs.size < 3 or np.ptp(self.min_epochs) == 0 or np.ptp(self.min_losses) == 0:
+            return math.nan
+        return float(scipy.stats.pearsonr(self.min_epochs, self.min_losses).statistic)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,13 +389,16 @@ def _calibration(sweep: Sweep, runs: list[Run]) -> tuple[Calibration, ...]:
     out = []
     for point, value in sorted(points.items(), key=lambda item: item[1]):
         stored = read_calibration(sweep.path, point) or {"status": "missing", "lr": None, "pilots": []}
-        epochs = [
-            float(r.attrs["min_test_loss_epoch"])
+        found = [
+            r.attrs
             for r in runs
             if point_of(r.name) == point and np.isfinite(float(r.attrs.get("min_test_loss_epoch", math.nan)))
         ]
+        epochs = np.array([float(a["min_test_loss_epoch"]) for a in found])
+        losses = np.array([float(a.get("min_test_loss", math.nan)) for a in found])
+        at_cap = sum(int(a.get("stopped_epoch", -1)) >= int(config["epochs"]) for a in found)
         pilots = [(float(lr), int(epoch)) for lr, epoch in stored["pilots"]]
-        out.append(Calibration(value, stored["status"], stored["lr"], pilots, np.array(epochs), window))
+        out.append(Calibration(value, stored["status"], stored["lr"], pilots, epochs, window, losses, at_cap))
     return tuple(out)
 
 

@@ -126,10 +126,12 @@ def kernel_table(scaling) -> tuple[list[str], list[list[str]]]:
 
 def calibration_table(analysis) -> tuple[list[str], list[list[str]]]:
     """Headers and cells of a calibrated sweep: per swept value, the learning rate, its pilots and
-    the median (range) over seeds of the epoch of the minimum test loss, against the window."""
+    the median (range) over seeds of the epoch of the minimum test loss, against the window; how
+    many runs trained to the epoch cap; Pearson's r over seeds between that epoch and the loss."""
     low, high = analysis.calibration[0].window
     headers = [analysis.x_name, "calibration", "lr", "pilots: lr → epoch of min"]
-    headers += ["median epoch of min [range]", f"median in [{low}, {high}]"]
+    headers += ["median epoch of min [range]", f"median in [{low}, {high}]", "runs at the cap"]
+    headers += ["r(epoch of min, min loss)"]
     cells = []
     for c in analysis.calibration:
         pilots = ", ".join(f"{lr:.2g} → {epoch}" for lr, epoch in c.pilots) or "–"
@@ -140,7 +142,9 @@ def calibration_table(analysis) -> tuple[list[str], list[list[str]]]:
         )
         inside = ("yes" if c.inside else "no") if c.min_epochs.size else "–"
         lr = f"{c.lr:.3g}" if c.lr is not None else "–"
-        cells.append([f"{c.value:g}", c.status, lr, pilots, spread, inside])
+        runs = f"{c.at_cap} of {c.min_epochs.size}" if c.min_epochs.size else "–"
+        r = f"{c.epoch_loss_correlation:.2f}" if np.isfinite(c.epoch_loss_correlation) else "–"
+        cells.append([f"{c.value:g}", c.status, lr, pilots, spread, inside, runs, r])
     return headers, cells
 
 
@@ -187,7 +191,7 @@ def markdown(analysis) -> str:
     if analysis.calibration:
         headers, cells = calibration_table(analysis)
         lines += ["", "Learning rate per value, calibrated by the study's rule (App. D.1):", ""]
-        lines += _markdown_table(headers, cells, "rlrlrl")
+        lines += _markdown_table(headers, cells, "rlrlrlrr")
     if analysis.kernels is not None:
         headers, cells = kernel_table(analysis.kernels)
         lines += ["", "Data scaling against the kernels (test error at the minimum test loss; 95 % CIs):", ""]
@@ -249,7 +253,12 @@ def as_dict(analysis) -> dict[str, Any]:
             "adaptation_sign": analysis.adaptation_sign,
             "kernels": None if analysis.kernels is None else _kernels_dict(analysis.kernels),
             "calibration": [
-                dataclasses.asdict(c) | {"median_epoch": c.median_epoch, "inside": c.inside}
+                dataclasses.asdict(c)
+                | {
+                    "median_epoch": c.median_epoch,
+                    "inside": c.inside,
+                    "epoch_loss_correlation": c.epoch_loss_correlation,
+                }
                 for c in analysis.calibration
             ],
         }
