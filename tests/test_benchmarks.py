@@ -141,3 +141,36 @@ def test_ensemble_cases_take_the_platform_repeats_and_leave_data_scaling_out():
     assert [case["sweep"] for case in cases] == ["width"] * len(settings["widths"])
     assert all(case["platform"] == "cuda" and case["repeats"] == 1 for case in cases)
     assert [case["sweep"] for case in ensembles._cases(settings)][-1] == "data_size"
+
+
+def test_epoch_cap_pairs_runs_by_name_and_separates_the_runs_the_cap_stopped():
+    from benchmarks.epoch_cap import compare_caps
+
+    def run(n, loss, epoch, stopped):
+        return {"n_train": n, "min_test_loss": loss, "min_test_loss_epoch": epoch, "stopped_epoch": stopped}
+
+    capped = {
+        "n10_s0": run(10, 2.0, 500, 700),
+        "n10_s1": run(10, 1.8, 1200, 1200),  # stopped by the cap at its last epoch
+        "n10_s2": run(10, 1.9, 1100, 1200),  # stopped by the cap 100 epochs past its minimum
+        "n30_s0": run(30, 1.5, 600, 800),
+        "n30_s9": run(30, 1.0, 600, 800),  # only in one store: left out
+    }
+    uncapped = {
+        "n10_s0": run(10, 2.0 + 1e-5, 503, 703),
+        "n10_s1": run(10, 1.5, 1900, 2100),
+        "n10_s2": run(10, 1.9, 1100, 1300),
+        "n30_s0": run(30, 1.5, 600, 800),
+    }
+    ten, thirty = compare_caps(capped, uncapped, 1200, "n_train")
+    assert (ten.value, ten.runs, ten.at_cap, ten.past_cap) == (10, 3, 2, 1)
+    assert ten.loss_capped == pytest.approx(5.7 / 3) and ten.loss_uncapped == pytest.approx((5.4 + 1e-5) / 3)
+    changes = np.array([1e-5, -0.3, 0.0])
+    assert ten.change == pytest.approx(changes.mean())
+    assert ten.change_se == pytest.approx(changes.std(ddof=1) / np.sqrt(3))
+    assert ten.change_at_cap == pytest.approx(-0.15)
+    assert (ten.floor_loss, ten.floor_epoch) == (pytest.approx(1e-5), 3)
+    assert (thirty.runs, thirty.at_cap, thirty.change, thirty.floor_epoch) == (1, 0, 0.0, 0)
+    assert np.isnan(thirty.change_se) and np.isnan(thirty.change_at_cap)
+    with pytest.raises(ValueError, match="share no complete run"):
+        compare_caps(capped, {"n99_s0": run(99, 1, 1, 1)}, 1200, "n_train")

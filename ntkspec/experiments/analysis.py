@@ -215,7 +215,7 @@ class Calibration:
     `status` is the stored calibration's ("calibrated", "uncalibrated"), or "missing" when none is
     stored yet; `pilots` are its (lr, epoch of the minimum) by lr; `min_epochs` the runs'
     `min_test_loss_epoch`, by seed, `min_losses` their `min_test_loss`, and `at_cap` how many of
-    them trained to the config's `epochs` without patience stopping them.
+    them trained to the config's `epochs`, the cap (patience may have stopped one there too).
     """
 
     value: float
