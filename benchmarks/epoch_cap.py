@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import _harness as h
 from ntkspec.experiments.analysis import read_store
 
 FIELDS = ("min_test_loss", "min_test_loss_epoch", "stopped_epoch")
@@ -93,13 +94,13 @@ def markdown(rows: list[CapRow], x_name: str, caps: tuple[int, int]) -> str:
     headers = [x_name, "runs", f"stopped at {low}", f"minimum past {low} at cap {high}"]
     headers += [f"loss, cap {low}", f"loss, cap {high}", "change ± s.e.", "change, runs stopped"]
     headers += ["runs not stopped: max abs Δ loss, Δ epoch"]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---:|" * len(headers)]
+    cells = []
     for r in rows:
-        cells = [f"{r.value:g}", str(r.runs), str(r.at_cap), str(r.past_cap)]
-        cells += [f"{r.loss_capped:.4f}", f"{r.loss_uncapped:.4f}", f"{r.change:+.4f} ± {r.change_se:.4f}"]
-        cells += [f"{r.change_at_cap:+.4f}", f"{r.floor_loss:.1e}, {r.floor_epoch}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        line = [f"{r.value:g}", str(r.runs), str(r.at_cap), str(r.past_cap)]
+        line += [f"{r.loss_capped:.4f}", f"{r.loss_uncapped:.4f}", f"{r.change:+.4f} ± {r.change_se:.4f}"]
+        line += [f"{r.change_at_cap:+.4f}", f"{r.floor_loss:.1e}, {r.floor_epoch}"]
+        cells.append(line)
+    return "\n".join(h.table(headers, cells, right_from=0))
 
 
 def main(argv: list[str] | None = None) -> None:
